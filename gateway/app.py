@@ -1,0 +1,230 @@
+"""The app factory: builds every component from one `Settings` and wires the pipelines."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from gateway.decode import InferDecodeStage, RankDecodeStage
+from gateway.errors import ConfigurationError, ModelNotReady
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, RequestContext
+from gateway.problems import install_error_handlers
+from gateway.respond import InferRespondStage, RankRespondStage
+from gateway.settings import Settings
+from gateway.transport import TransportMiddleware
+from models.features import FeatureStore
+from models.ranker import Ranker
+from models.stages import InferStage, RankStage
+from security.authn import AuthenticateStage, IssuerTrust, TokenCache, TokenValidator
+from security.issuer import EmbeddedIssuer, load_signing_key
+from security.jwks import FileKeySource, JwksError, KeySource, RemoteKeySource, StaticKeySource
+from security.scopes import ScopeAuthorizeStage
+
+log = logging.getLogger("gateway.app")
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Components:
+    settings: Settings
+    metrics: Metrics
+    validator: TokenValidator
+    issuer: EmbeddedIssuer | None
+    ranker: Ranker | None
+    features: FeatureStore | None
+    http: httpx.AsyncClient
+    not_ready: dict[str, str] = field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+
+    def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
+        return RequestContext(
+            request_id=request.scope["state"]["request_id"],
+            action=action,
+            route=request.url.path,
+            headers=request.headers,
+            body=body,
+            received_at=time.time(),
+        )
+
+    def pipeline(self, name: str) -> Pipeline:
+        found = self.pipelines.get(name)
+        if found is None:
+            raise ModelNotReady("the model is not loaded", log_cause="; ".join(self.not_ready.values()))
+        return found
+
+
+def components_of(request: Request) -> Components:
+    found: Components = request.app.state.components
+    return found
+
+
+def _trusted_issuers(
+    settings: Settings, issuer: EmbeddedIssuer | None, http: httpx.AsyncClient, clock: Clock
+) -> list[IssuerTrust]:
+    trusts: list[IssuerTrust] = []
+    if issuer is not None:
+        trusts.append(IssuerTrust(
+            issuer=issuer.issuer_url,
+            audiences=frozenset({settings.issuer.audience}),
+            algorithms=frozenset({"RS256"}),
+            keys=StaticKeySource(issuer.jwks()),
+            required_typ="at+jwt",
+            tenant_claim="tenant",
+        ))
+    auth = settings.auth
+    for trusted in auth.trusted_issuers:
+        keys: KeySource
+        if trusted.jwks_url is not None:
+            keys = RemoteKeySource(
+                trusted.jwks_url, client=http, ttl_s=auth.jwks_cache_ttl_s,
+                min_refresh_interval_s=auth.jwks_min_refresh_interval_s,
+            )
+        else:
+            assert trusted.jwks_file is not None  # noqa: S101 - enforced by the settings model
+            try:
+                keys = FileKeySource(
+                    settings.resolve(trusted.jwks_file),
+                    min_refresh_interval_s=auth.jwks_min_refresh_interval_s, clock=time.monotonic,
+                )
+            except JwksError as exc:
+                raise ConfigurationError(str(exc)) from exc
+        trusts.append(IssuerTrust(
+            issuer=trusted.issuer,
+            audiences=frozenset(trusted.audiences),
+            algorithms=frozenset(trusted.algorithms),
+            keys=keys,
+            required_typ=trusted.required_typ,
+            tenant_claim=trusted.tenant_claim,
+        ))
+    if not trusts:
+        raise ConfigurationError(
+            "no token issuer is trusted: enable the embedded issuer or configure auth.trusted_issuers"
+        )
+    return trusts
+
+
+def _load_model(settings: Settings, metrics: Metrics) -> tuple[Ranker, FeatureStore]:
+    cfg = settings.model
+    seconds, rows = metrics.inference_observer(cfg.name)
+
+    def observe(elapsed: float, n: int) -> None:
+        seconds.observe(elapsed)
+        rows.observe(n)
+
+    ranker = Ranker.from_file(
+        settings.resolve(cfg.path), name=cfg.name, version=cfg.version,
+        intra_op_threads=cfg.intra_op_threads, inference_threads=cfg.inference_threads,
+        graph_optimization_level=cfg.graph_optimization_level, observe=observe,
+    )
+    features = FeatureStore.load(settings.resolve(cfg.features_path))
+    return ranker, features
+
+
+def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
+    """Build the gateway. Raises `ConfigurationError` for settings it refuses to run with."""
+    settings.check_secrets()
+    metrics = Metrics()
+    http = httpx.AsyncClient(timeout=settings.auth.jwks_fetch_timeout_s, follow_redirects=False)
+    issuer: EmbeddedIssuer | None = None
+    if settings.issuer.enabled:
+        issuer = EmbeddedIssuer(
+            settings.issuer,
+            issuer_url=settings.issuer_url,
+            signing_key=load_signing_key(settings.resolve(settings.issuer.signing_key_file)),
+            clock=clock,
+        )
+    validator = TokenValidator(
+        _trusted_issuers(settings, issuer, http, clock),
+        leeway_s=settings.auth.leeway_s,
+        cache=TokenCache(
+            settings.secret_key.get_secret_value().encode(), settings.auth.token_cache_size, clock
+        ),
+        clock=clock,
+    )
+    components = Components(
+        settings=settings, metrics=metrics, validator=validator, issuer=issuer,
+        ranker=None, features=None, http=http,
+    )
+    try:
+        components.ranker, components.features = _load_model(settings, metrics)
+    except (ConfigurationError, OSError, ValueError) as exc:
+        # Not-ready rather than refusing to start: /readyz says why, nothing else is served.
+        components.not_ready["model"] = str(exc)
+        log.error("model %s not loaded: %s", settings.model.name, exc)
+    metrics.model_ready.labels(settings.model.name).set(0 if components.not_ready else 1)
+    _build_pipelines(components)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await http.aclose()
+        if components.ranker is not None:
+            components.ranker.close()
+
+    app = FastAPI(
+        title="Secure model gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.components = components
+    install_error_handlers(app)
+    from gateway.routes import health, oauth, oip, rank  # noqa: PLC0415 - avoid import cycles
+
+    for router in (rank.router, oip.router, oauth.router, health.router):
+        app.include_router(router)
+    app.add_middleware(
+        TransportMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.limits.max_body_bytes,
+        timeout_s=settings.limits.request_timeout_s,
+    )
+    return app
+
+
+def _build_pipelines(c: Components) -> None:
+    limits = c.settings.limits
+    authn = AuthenticateStage(c.validator)
+    authz = ScopeAuthorizeStage()
+    observe = c.metrics.observe_stage
+    # Model metadata needs a caller with the infer scope but no loaded model to be refused.
+    c.pipelines["model.read"] = Pipeline([authn, authz], observe=observe)
+    if c.ranker is None or c.features is None:
+        return
+    c.pipelines["rank"] = Pipeline(
+        [
+            authn,
+            authz,
+            RankDecodeStage(
+                max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
+            ),
+            RankStage(c.ranker, c.features),
+            RankRespondStage(),
+        ],
+        observe=observe,
+    )
+    c.pipelines["infer"] = Pipeline(
+        [
+            authn,
+            authz,
+            InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
+            InferStage(c.ranker),
+            InferRespondStage(c.ranker.outputs),
+        ],
+        observe=observe,
+    )
+
+
+def data_dir_ready(settings: Settings) -> bool:
+    return Path(settings.resolve(settings.issuer.signing_key_file)).exists()

@@ -1,0 +1,168 @@
+"""The `gateway` command line. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.errors import ConfigurationError
+from gateway.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="gateway",
+    help="Secure, compliance-focused gateway for ONNX ranking models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Inspect served models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (default: $GATEWAY_DATA_DIR or .gateway)")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML/YAML config (default: DATA_DIR/gateway.toml)")
+]
+
+
+def _data_dir(option: Path | None) -> Path:
+    return option or Path(os.environ.get("GATEWAY_DATA_DIR") or ".gateway")
+
+
+def _settings(data_dir: Path | None, config: Path | None, **overrides: object) -> Settings:
+    """The process's one Settings object, built here and injected into everything else."""
+    directory = _data_dir(data_dir)
+    if config is None and not os.environ.get("GATEWAY_CONFIG_FILE"):
+        default = directory / "gateway.toml"
+        config = default if default.is_file() else None
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        kwargs["data_dir"] = data_dir
+    if config is not None:
+        kwargs["config_file"] = config
+    return load_settings(**kwargs)
+
+
+@app.command()
+def init(data_dir: DataDirOpt = None) -> None:
+    """Create keys, client secrets, the demo model and a default config (never overwrites)."""
+    from gateway.datadir import init_data_dir  # noqa: PLC0415 - keeps `--help` fast
+
+    report = init_data_dir(_data_dir(data_dir))
+    typer.echo(f"data directory: {report.data_dir}")
+    typer.echo(f"config: {report.config}")
+    for path in report.created:
+        typer.echo(f"created: {path}")
+    for client, secret_file in report.client_secrets.items():
+        typer.echo(f"client '{client}': secret in {secret_file}")
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+    init_if_missing: Annotated[
+        bool, typer.Option("--init", help="Run `init` first if the data directory is new")
+    ] = False,
+) -> None:
+    """Run the gateway (uvicorn, one process)."""
+    import uvicorn  # noqa: PLC0415
+
+    from gateway.app import create_app  # noqa: PLC0415
+
+    if init_if_missing:
+        init(data_dir)
+    settings = _settings(data_dir, config, host=host, port=port)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    application = create_app(settings)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def token(
+    client: Annotated[str, typer.Option("--client", help="Client id from the config")] = "demo",
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="Scope to request (repeatable)")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Mint an access token from the embedded issuer and print it."""
+    from security.issuer import EmbeddedIssuer, load_signing_key  # noqa: PLC0415
+
+    settings = _settings(data_dir, config)
+    if not settings.issuer.enabled:
+        raise ConfigurationError("the embedded issuer is disabled (issuer.enabled = false)")
+    issuer = EmbeddedIssuer(
+        settings.issuer,
+        issuer_url=settings.issuer_url,
+        signing_key=load_signing_key(settings.resolve(settings.issuer.signing_key_file)),
+    )
+    found = issuer.client(client)
+    if found is None:
+        raise ConfigurationError(f"unknown client '{client}'")
+    scopes = tuple(scope) if scope else None
+    if scopes is not None and not set(scopes) <= set(found.scopes):
+        raise ConfigurationError(
+            f"client '{client}' may not have scope(s) {sorted(set(scopes) - set(found.scopes))}"
+        )
+    typer.echo(issuer.mint(found, scopes)["access_token"])
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Show the configured model and its package digest."""
+    import hashlib  # noqa: PLC0415
+
+    settings = _settings(data_dir, config)
+    path = settings.resolve(settings.model.path)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise ConfigurationError(f"model file not found: {path}; run `gateway init`") from None
+    typer.echo(f"{settings.model.name}\t{settings.model.version}\tsha256:{digest}\t{path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="gateway", standalone_mode=False)
+    except typer.TyperException as exc:
+        # Typer vendors click; its usage errors carry format_message() and exit_code.
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        typer.echo(f"error: {message}", err=True)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 130
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

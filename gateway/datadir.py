@@ -1,0 +1,101 @@
+"""`gateway init`: lay out a data directory (keys, demo model, default config) if absent.
+
+Idempotent and non-destructive: existing keys, secrets and config are never
+overwritten, so re-running init after an upgrade cannot lock clients out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigurationError
+from models.demo import install_demo
+from security.issuer import create_signing_key
+from security.secrets import hash_secret, new_secret
+
+CONFIG_NAME = "gateway.toml"
+SIGNING_KEY = "keys/issuer-signing-key.pem"
+DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
+    "demo": ("rank", "infer"),
+    "operator": ("rank", "infer", "admin"),
+}
+
+
+@dataclass(frozen=True)
+class InitReport:
+    data_dir: Path
+    config: Path
+    created: tuple[str, ...]
+    client_secrets: dict[str, Path]
+
+
+def _toml_str(value: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(value)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _default_config(data_dir: Path, secrets_dir: Path) -> tuple[str, dict[str, Path]]:
+    lines = [
+        "# Written by `gateway init`. Environment variables GATEWAY_* override these values.",
+        f"data_dir = {_toml_str(str(data_dir))}",
+        f"secret_key = {_toml_str(new_secret())}",
+        "",
+        "[issuer]",
+        "enabled = true",
+        'audience = "gateway"',
+        "token_ttl_s = 900",
+        f"signing_key_file = {_toml_str(SIGNING_KEY)}",
+    ]
+    secret_files: dict[str, Path] = {}
+    for client_id, scopes in DEFAULT_CLIENTS.items():
+        secret = new_secret()
+        secret_file = secrets_dir / f"{client_id}.secret"
+        _write_private(secret_file, secret + "\n")
+        secret_files[client_id] = secret_file
+        lines += [
+            "",
+            "[[issuer.clients]]",
+            f"client_id = {_toml_str(client_id)}",
+            f"secret_hash = {_toml_str(hash_secret(secret))}",
+            f"scopes = [{', '.join(_toml_str(s) for s in scopes)}]",
+        ]
+    return "\n".join(lines) + "\n", secret_files
+
+
+def init_data_dir(data_dir: Path) -> InitReport:
+    data_dir = data_dir.resolve()
+    created: list[str] = []
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_path = data_dir / SIGNING_KEY
+        if not key_path.exists():
+            create_signing_key(key_path)
+            created.append(str(key_path))
+        config = data_dir / CONFIG_NAME
+        secrets_dir = data_dir / "clients"
+        secret_files = {c: secrets_dir / f"{c}.secret" for c in DEFAULT_CLIENTS}
+        if not config.exists():
+            if any(p.exists() for p in secret_files.values()):
+                raise ConfigurationError(
+                    f"{secrets_dir} holds client secrets but {config} is missing; "
+                    "restore the config or remove the stale secrets"
+                )
+            text, secret_files = _default_config(data_dir, secrets_dir)
+            _write_private(config, text)
+            created.append(str(config))
+        demo = install_demo(data_dir)
+        if demo.created:
+            created.append(str(demo.model))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot initialise {data_dir}: {exc.strerror or exc}") from exc
+    return InitReport(data_dir, config, tuple(created), secret_files)

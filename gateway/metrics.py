@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per app (no process globals, so tests can build many apps).
+
+Labels are route templates, stage names and status codes only: never a path
+with ids in it, never request content.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ROWS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests_total", "HTTP requests by route template, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds", "HTTP request latency by route template",
+            ["route"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "gateway_stage_duration_seconds", "Pipeline stage latency",
+            ["stage"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "gateway_model_inference_seconds", "onnxruntime session.run latency",
+            ["model"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "gateway_model_batch_rows", "Rows per onnxruntime session.run",
+            ["model"], buckets=_ROWS, registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "gateway_model_ready", "1 when the model is loaded and serving",
+            ["model"], registry=self.registry,
+        )
+        self._stage_children: dict[str, Histogram] = {}
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.stage_seconds.labels(stage)
+        child.observe(seconds)
+
+    def inference_observer(self, model: str) -> tuple[Histogram, Histogram]:
+        return self.inference_seconds.labels(model), self.batch_rows.labels(model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

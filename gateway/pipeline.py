@@ -1,0 +1,166 @@
+"""The request pipeline: numbered stages over an immutable request context.
+
+This module imports no concern package. Concern packages (security, privacy,
+models, policies, audit) import these types and `gateway.errors` only, and each
+contributes stages. A route builds its pipeline once at start-up; later issues
+add stages (consent, redact, inspect, audit) without touching route handlers.
+
+Stage order (DESIGN.md): 0 transport (ASGI middleware), 1 authenticate,
+2 authorize, then the route's `decode` step (the body is parsed only once the
+caller is known, so anonymous callers learn nothing from validation errors),
+3 consent, 4 redact, 5 inspect, 6 rank, 7 respond; 8 audit runs as a `final`
+stage, on success and on refusal alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.errors import GatewayError, InternalError
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as proven by stage 1."""
+
+    issuer: str
+    client_id: str
+    subject: str | None
+    scopes: frozenset[str]
+    tenant: str | None = None
+    token_id: str | None = None
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    name: str
+    version: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class RankQuery:
+    """A decoded `/v1/rank` request."""
+
+    user_id: str
+    item_ids: tuple[str, ...]
+    top_k: int
+    context: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RankResult:
+    item_ids: tuple[str, ...]
+    scores: Any  # numpy float32 [n], aligned with item_ids
+    cold_start: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InferQuery:
+    """A decoded Open Inference Protocol v2 infer request."""
+
+    id: str | None
+    feeds: Mapping[str, Any]  # input name -> numpy array
+    outputs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    outputs: Mapping[str, Any]  # output name -> numpy array
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything a stage may read. Stages return a new context; they never mutate one."""
+
+    request_id: str
+    action: str
+    route: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    received_at: float = 0.0
+    principal: Principal | None = None
+    payload: Any = None
+    model: ModelRef | None = None
+    result: Any = None
+    response: Any = None
+    # Filled by later stages (consent, redact, inspect, audit); None until they exist.
+    consent: Any = None
+    redaction: Any = None
+    inspection: Any = None
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> RequestContext:
+        return dataclasses.replace(self, **changes)
+
+
+class Stage(Protocol):
+    """One pipeline step: returns a new context or raises a `GatewayError`."""
+
+    name: str
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext: ...
+
+
+class FinalStage(Protocol):
+    """Runs after the pipeline whatever happened (stage 8 audit). May raise to fail the request."""
+
+    name: str
+
+    async def __call__(self, ctx: RequestContext, error: GatewayError | None) -> None: ...
+
+
+StageObserver = Callable[[str, float], None]
+
+
+def _no_observer(_stage: str, _seconds: float) -> None:
+    return None
+
+
+class Pipeline:
+    """Runs stages in order; timings go to an observer (the metrics), not to globals."""
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        final: Sequence[FinalStage] = (),
+        observe: StageObserver = _no_observer,
+    ) -> None:
+        self.stages = tuple(stages)
+        self.final = tuple(final)
+        self._observe = observe
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages) + tuple(f.name for f in self.final)
+
+    async def run(self, ctx: RequestContext) -> RequestContext:
+        error: GatewayError | None = None
+        timings: dict[str, float] = {}
+        try:
+            for stage in self.stages:
+                started = time.perf_counter()
+                try:
+                    ctx = await stage(ctx)
+                finally:
+                    elapsed = time.perf_counter() - started
+                    timings[stage.name] = elapsed * 1000.0
+                    self._observe(stage.name, elapsed)
+            return ctx
+        except GatewayError as exc:
+            error = exc
+            raise
+        except Exception as exc:
+            # A bug in a stage must still refuse the request (and be audited), never pass it.
+            error = InternalError(log_cause=f"{type(exc).__name__}: {exc}")
+            raise error from exc
+        finally:
+            ctx = ctx.evolve(stage_ms=timings)
+            for final in self.final:
+                await final(ctx, error)

@@ -1,0 +1,71 @@
+"""Stage 7: respond. Shapes the model's result into the API's response body.
+
+Output hardening (rank-only, rounded scores, top-k only) plugs in here from the
+policy bundle in a later issue; the spine returns float32-precision scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import InternalError
+from gateway.pipeline import InferQuery, InferResult, RankQuery, RankResult, RequestContext
+from models.ranker import TensorSpec
+
+# float32 carries ~7 significant digits; more would only print noise.
+SCORE_DECIMALS = 6
+
+
+class RankRespondStage:
+    name = "respond"
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query, result = ctx.payload, ctx.result
+        if not isinstance(query, RankQuery) or not isinstance(result, RankResult) or not ctx.model:
+            raise InternalError(log_cause="respond stage without a rank result")
+        scores = np.asarray(result.scores, dtype=np.float64)
+        # Stable sort on the negated score: ties keep the client's candidate order.
+        order = np.argsort(-scores, kind="stable")[: query.top_k]
+        rounded = np.round(scores[order], SCORE_DECIMALS).tolist()
+        items = [
+            {"item_id": result.item_ids[i], "rank": rank, "score": score}
+            for rank, (i, score) in enumerate(zip(order.tolist(), rounded, strict=True), start=1)
+        ]
+        body = {
+            "request_id": ctx.request_id,
+            "model": {"name": ctx.model.name, "version": ctx.model.version},
+            "personalized": not result.cold_start,
+            "items": items,
+        }
+        return ctx.evolve(response=body)
+
+
+class InferRespondStage:
+    name = "respond"
+
+    def __init__(self, outputs: tuple[TensorSpec, ...]) -> None:
+        self._datatypes = {spec.name: spec.datatype for spec in outputs}
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query, result = ctx.payload, ctx.result
+        if not isinstance(query, InferQuery) or not isinstance(result, InferResult) or not ctx.model:
+            raise InternalError(log_cause="respond stage without an infer result")
+        outputs: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "datatype": self._datatypes[name],
+                "shape": list(array.shape),
+                "data": array.reshape(-1).tolist(),
+            }
+            for name, array in result.outputs.items()
+        ]
+        body: dict[str, Any] = {
+            "model_name": ctx.model.name,
+            "model_version": ctx.model.version,
+            "outputs": outputs,
+        }
+        if query.id is not None:
+            body["id"] = query.id
+        return ctx.evolve(response=body)

@@ -1,0 +1,1 @@
+"""Thin route handlers: read the body, run the route's pipeline, serialise."""

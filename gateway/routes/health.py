@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.app import components_of
+from gateway.routes._json import json_response
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: model loaded, keys present")
+async def readyz(request: Request) -> Response:
+    components = components_of(request)
+    checks: dict[str, object] = {
+        "issuer": "enabled" if components.issuer is not None else "disabled",
+        "model": "ok" if components.ranker is not None else "not loaded",
+    }
+    if components.ranker is not None:
+        checks["model_version"] = components.ranker.ref.version
+        checks["model_digest"] = f"sha256:{components.ranker.ref.digest}"
+    ready = not components.not_ready
+    return json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(components_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

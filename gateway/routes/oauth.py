@@ -1,0 +1,38 @@
+"""The embedded issuer's endpoints: token (RFC 6749), JWKS, RFC 8414 metadata."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.app import components_of
+from gateway.errors import NotFound
+from gateway.routes._json import json_response
+from security.issuer import EmbeddedIssuer
+
+router = APIRouter()
+
+
+def _issuer(request: Request) -> EmbeddedIssuer:
+    issuer = components_of(request).issuer
+    if issuer is None:
+        raise NotFound("the embedded token issuer is disabled")
+    return issuer
+
+
+@router.post("/oauth/token", summary="OAuth2 token endpoint (client_credentials)")
+async def token(request: Request) -> Response:
+    issuer = _issuer(request)
+    body = await issuer.token_endpoint(await request.body(), request.headers)
+    return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+@router.get("/.well-known/jwks.json", summary="The embedded issuer's public keys")
+async def jwks(request: Request) -> Response:
+    return json_response(_issuer(request).jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/.well-known/oauth-authorization-server", summary="RFC 8414 metadata")
+async def metadata(request: Request) -> Response:
+    return json_response(_issuer(request).metadata())

@@ -1,0 +1,117 @@
+"""The Open Inference Protocol v2 REST surface for the ranker model.
+
+Health and server metadata are open (load balancers and probes call them);
+model metadata, readiness and inference need a bearer token with scope `infer`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.app import Components, components_of
+from gateway.errors import NotFound
+from gateway.routes._json import json_response
+
+router = APIRouter(prefix="/v2")
+
+SERVER_NAME = "secure-model-gateway"
+SERVER_VERSION = "0.1.0"
+
+
+def _check_model(components: Components, name: str, version: str | None) -> None:
+    model = components.settings.model
+    if name != model.name:
+        raise NotFound(f"model '{name}' is not served here")
+    if version is not None and version != model.version:
+        raise NotFound(f"model '{name}' has no version '{version}'")
+
+
+@router.get("", summary="OIP server metadata")
+async def server_metadata() -> Response:
+    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+
+
+@router.get("/health/live", summary="OIP server liveness")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="OIP server readiness")
+async def ready(request: Request) -> Response:
+    components = components_of(request)
+    is_ready = not components.not_ready
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+async def _metadata(request: Request, name: str, version: str | None) -> Response:
+    components = components_of(request)
+    await components.pipeline("model.read").run(components.context(request, "model.read"))
+    _check_model(components, name, version)
+    ranker = components.ranker
+    if ranker is None:
+        return json_response({"error": "model not loaded"}, status=503)
+    return json_response({
+        "name": ranker.ref.name,
+        "versions": [ranker.ref.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [spec.as_oip() for spec in ranker.inputs],
+        "outputs": [spec.as_oip() for spec in ranker.outputs],
+        "parameters": {"package_digest": f"sha256:{ranker.ref.digest}"},
+    })
+
+
+@router.get("/models/{name}", summary="OIP model metadata (scope: infer)")
+async def model_metadata(request: Request, name: str) -> Response:
+    return await _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="OIP model metadata (scope: infer)")
+async def model_version_metadata(request: Request, name: str, version: str) -> Response:
+    return await _metadata(request, name, version)
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> Response:
+    components = components_of(request)
+    await components.pipeline("model.read").run(components.context(request, "model.read"))
+    _check_model(components, name, version)
+    is_ready = components.ranker is not None
+    return json_response({"name": name, "ready": is_ready}, status=200 if is_ready else 503)
+
+
+@router.get("/models/{name}/ready", summary="OIP model readiness (scope: infer)")
+async def model_ready(request: Request, name: str) -> Response:
+    return await _model_ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="OIP model readiness (scope: infer)")
+async def model_version_ready(request: Request, name: str, version: str) -> Response:
+    return await _model_ready(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    components = components_of(request)
+    pipeline = components.pipeline("infer")
+    ctx = components.context(request, "infer", await request.body())
+    # The model name is checked after authentication so anonymous callers cannot probe names.
+    ctx = await pipeline.run(ctx) if _known(components, name, version) else ctx
+    if ctx.response is None:
+        await components.pipeline("model.read").run(ctx)
+        _check_model(components, name, version)
+    return json_response(ctx.response)
+
+
+def _known(components: Components, name: str, version: str | None) -> bool:
+    model = components.settings.model
+    return name == model.name and version in (None, model.version)
+
+
+@router.post("/models/{name}/infer", summary="OIP inference (scope: infer)")
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="OIP inference (scope: infer)")
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)

@@ -1,0 +1,189 @@
+"""Settings: one frozen object, built by `load_settings` and injected, never a global.
+
+Sources, highest precedence first: keyword arguments, `GATEWAY_*` environment
+variables (nested with `__`, e.g. `GATEWAY_AUTH__LEEWAY_S=10`), the TOML or YAML
+file named by `config_file` / `GATEWAY_CONFIG_FILE`, then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigurationError
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "placeholder"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ClientConfig(_Frozen):
+    """A client of the embedded issuer. The secret is stored hashed (see security.secrets)."""
+
+    client_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._~-]+$")
+    secret_hash: SecretStr
+    scopes: tuple[str, ...] = ()
+    tenant: str | None = None
+
+
+class IssuerSettings(_Frozen):
+    """The embedded OAuth2 authorization server (client_credentials only)."""
+
+    enabled: bool = True
+    # None: derived from the listen address, http://HOST:PORT.
+    issuer_url: str | None = None
+    audience: str = "gateway"
+    token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    signing_key_file: str = "keys/issuer-signing-key.pem"
+    clients: tuple[ClientConfig, ...] = ()
+
+
+class TrustedIssuer(_Frozen):
+    """An external identity provider whose access tokens the gateway accepts."""
+
+    issuer: str = Field(min_length=1)
+    audiences: tuple[str, ...] = Field(min_length=1)
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    # RFC 9068 access tokens carry typ "at+jwt"; set None for IdPs that send "JWT".
+    required_typ: str | None = None
+    tenant_claim: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedIssuer:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"issuer {self.issuer}: give exactly one of jwks_url or jwks_file")
+        unsafe = set(self.algorithms) - ASYMMETRIC_ALGORITHMS
+        if unsafe:
+            raise ValueError(
+                f"issuer {self.issuer}: algorithms {sorted(unsafe)} are not allowed "
+                f"(allowed: {sorted(ASYMMETRIC_ALGORITHMS)})"
+            )
+        return self
+
+
+class AuthSettings(_Frozen):
+    leeway_s: int = Field(default=30, ge=0, le=300)
+    jwks_cache_ttl_s: int = Field(default=300, ge=1)
+    jwks_min_refresh_interval_s: float = Field(default=30.0, ge=0)
+    jwks_fetch_timeout_s: float = Field(default=3.0, gt=0)
+    token_cache_size: int = Field(default=10_000, ge=0)
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+
+
+class ModelSettings(_Frozen):
+    name: str = "demo-ranker"
+    version: str = "1"
+    # Relative to the data directory unless absolute.
+    path: str = "models/demo-ranker/1/model.onnx"
+    features_path: str = "demo/features.npz"
+    intra_op_threads: int = Field(default=1, ge=1, le=64)
+    inference_threads: int = Field(default=2, ge=1, le=64)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class Limits(_Frozen):
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
+    max_candidates: int = Field(default=1_000, ge=1)
+    max_context_chars: int = Field(default=2_000, ge=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    config_file: Path | None = None
+    data_dir: Path = Path(".gateway")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65_535)
+    dev_mode: bool = False
+    # Keys the token cache (and later, pseudonyms). `init` writes a random one.
+    secret_key: SecretStr = SecretStr("change-me")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auth: AuthSettings = AuthSettings()
+    issuer: IssuerSettings = IssuerSettings()
+    model: ModelSettings = ModelSettings()
+    limits: Limits = Limits()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file_from(init_settings)
+        if path is not None:
+            if path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def issuer_url(self) -> str:
+        return self.issuer.issuer_url or f"http://{self.host}:{self.port}"
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.data_dir / path
+
+    def check_secrets(self) -> None:
+        """Placeholder secrets are for dev mode only."""
+        if self.dev_mode:
+            return
+        if self.secret_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ConfigurationError(
+                "secret_key is a placeholder; run `gateway init` or set GATEWAY_SECRET_KEY "
+                "(placeholders are accepted only with GATEWAY_DEV_MODE=true)"
+            )
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise ConfigurationError("secret_key must be at least 32 characters")
+
+
+def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    explicit = init_settings().get("config_file")
+    raw = explicit if explicit is not None else os.environ.get("GATEWAY_CONFIG_FILE")
+    if raw is None or raw == "":
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigurationError(f"config file not found: {path}")
+    if path.suffix not in {".toml", ".yaml", ".yml"}:
+        raise ConfigurationError(f"config file must be .toml, .yaml or .yml: {path}")
+    return path
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once per process (the CLI / app factory caches and injects it)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigurationError(f"invalid setting {where}: {first['msg']}") from exc
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read config file: {exc}") from exc

@@ -1,0 +1,114 @@
+"""Stage 0, transport: request id, body-size limit, timeout, HTTP metrics (pure ASGI).
+
+Pure ASGI rather than BaseHTTPMiddleware: it adds no task or stream copy per
+request, which matters at the latency this gateway targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
+from gateway.metrics import Metrics
+from gateway.problems import render
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+class TransportMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, timeout_s: float
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.timeout = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = self._request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        status_holder = [500]
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            declared = self._content_length(scope)
+            if declared is not None and declared > self.max_body:
+                raise PayloadTooLarge(f"the body limit is {self.max_body} bytes")
+            async with asyncio.timeout(self.timeout):
+                await self.app(scope, self._limited(receive), send_wrapper)
+        except TimeoutError:
+            if not response_started:
+                await self._send_error(RequestTimeout(log_cause="request timeout"), scope, send_wrapper)
+        except GatewayError as exc:
+            if not response_started:
+                await self._send_error(exc, scope, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(template, scope["method"], str(status_holder[0])).inc()
+            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _request_id(scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                # A client's id is kept only when it cannot smuggle anything into logs.
+                if _CLIENT_REQUEST_ID.match(candidate):
+                    return candidate
+        return new_request_id()
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise PayloadTooLarge(f"the body limit is {self.max_body} bytes")
+            return message
+
+        return limited_receive
+
+    async def _send_error(self, error: GatewayError, scope: Scope, send: Send) -> None:
+        state: dict[str, Any] = scope.get("state", {})
+        status, headers, body = render(error, scope["path"], state.get("request_id"))
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,10 @@
+"""Ranker runtime, feature store and the demo recommender.
+
+The environment default below comes first so that any later import of
+onnxruntime from this package (only `models.ort` does it) sees it: onnxruntime
+otherwise writes a device id under the home directory and may phone home.
+"""
+
+import os
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

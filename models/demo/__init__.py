@@ -1,0 +1,134 @@
+"""The demo recommender: synthetic data, feature store and a committed ONNX ranker.
+
+`install_demo` is what `gateway init` uses: it regenerates the feature store
+from the model card's seed (numpy only, a second or so), refuses to continue if
+the regenerated store is not the one the model was trained against, and copies
+the committed model next to it. It never needs torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigurationError
+
+MODEL_NAME = "demo-ranker"
+MODEL_VERSION = "1"
+MODEL_ASSET = "demo-ranker.onnx"
+CARD_NAME = "model_card.json"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+__all__ = [
+    "ASSETS_DIR",
+    "CARD_NAME",
+    "MODEL_ASSET",
+    "MODEL_NAME",
+    "MODEL_VERSION",
+    "DemoInstall",
+    "install_demo",
+    "load_card",
+    "model_bytes",
+]
+
+
+def _asset(name: str) -> bytes:
+    return resources.files(__name__).joinpath("assets", name).read_bytes()
+
+
+def model_bytes() -> bytes:
+    """The committed, trained ONNX model."""
+    return _asset(MODEL_ASSET)
+
+
+def load_card() -> dict[str, Any]:
+    card: dict[str, Any] = json.loads(_asset(CARD_NAME))
+    return card
+
+
+@dataclass(frozen=True)
+class DemoInstall:
+    feature_store: Path
+    model: Path
+    model_card: Path
+    feature_digest: str
+    model_sha256: str
+    created: bool  # False when everything was already in place
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _store_digest(path: Path) -> str | None:
+    """Digest recomputed from the arrays of an existing store (not its stored field)."""
+    from models.demo.features_build import digest_arrays
+    from models.features import load_arrays
+
+    try:
+        return digest_arrays(load_arrays(path))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def install_demo(data_dir: Path) -> DemoInstall:
+    from models.demo.data import generate
+    from models.demo.features_build import build_tables, write_feature_store
+
+    card = load_card()
+    blob = model_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    if sha != card["model_sha256"]:
+        raise ConfigurationError(
+            f"committed {MODEL_ASSET} does not match its model card (sha256 {sha[:12]}…)"
+        )
+    expected = str(card["features"]["store_digest"])
+
+    store = data_dir / "demo" / "features.npz"
+    model_dir = data_dir / "models" / MODEL_NAME / MODEL_VERSION
+    model_path = model_dir / "model.onnx"
+    card_path = model_dir / CARD_NAME
+    card_bytes = _asset(CARD_NAME)
+    created = False
+
+    if not store.is_file() or _store_digest(store) != expected:
+        data = generate(
+            int(card["seed"]), n_users=int(card["data"]["n_users"]), n_items=int(card["data"]["n_items"])
+        )
+        tables = build_tables(data)
+        digest = tables.digest()
+        if digest != expected:
+            raise ConfigurationError(
+                f"regenerated demo feature store digest {digest[:12]}… does not match the model "
+                f"card's {expected[:12]}…; retrain with `python -m models.demo.train`"
+            )
+        write_feature_store(store, tables)
+        created = True
+    if not model_path.is_file() or hashlib.sha256(model_path.read_bytes()).hexdigest() != sha:
+        _write_atomic(model_path, blob)
+        created = True
+    if not card_path.is_file() or card_path.read_bytes() != card_bytes:
+        _write_atomic(card_path, card_bytes)
+        created = True
+    return DemoInstall(
+        feature_store=store,
+        model=model_path,
+        model_card=card_path,
+        feature_digest=expected,
+        model_sha256=sha,
+        created=created,
+    )

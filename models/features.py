@@ -1,0 +1,112 @@
+"""Runtime feature store: ids to table rows to ONNX model inputs.
+
+The store is one `.npz` of plain arrays (never pickles: it is loaded with
+`allow_pickle=False`). Row 0 of each table is the cold-start row: an unknown
+user is ranked from population averages rather than refused, because a new
+visitor is normal traffic; an unknown item is refused, because it is a client
+error (or a probe) the model cannot say anything sensible about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.errors import UnknownItems
+
+STORE_KEYS = (
+    "user_ids",
+    "item_ids",
+    "user_feature_names",
+    "item_feature_names",
+    "user_features",
+    "item_features",
+    "digest",
+)
+
+
+def load_arrays(path: Path) -> dict[str, NDArray[np.generic]]:
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [k for k in STORE_KEYS if k not in npz.files]
+        if missing:
+            raise ValueError(f"feature store {path} lacks arrays {missing}")
+        return {k: npz[k] for k in STORE_KEYS}
+
+
+class FeatureStore:
+    digest: str
+    n_users: int
+    n_items: int
+
+    def __init__(
+        self,
+        *,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        user_features: NDArray[np.float32],
+        item_features: NDArray[np.float32],
+        user_feature_names: Sequence[str],
+        item_feature_names: Sequence[str],
+        digest: str,
+    ) -> None:
+        if len(user_ids) != user_features.shape[0] or len(item_ids) != item_features.shape[0]:
+            raise ValueError("id arrays and feature tables differ in length")
+        self.digest = digest
+        self.n_users = len(user_ids) - 1
+        self.n_items = len(item_ids) - 1
+        # Index 0 is the cold-start row and has no id; it is never looked up.
+        self._user_row = {uid: row for row, uid in enumerate(user_ids) if row}
+        self._item_row = {iid: row for row, iid in enumerate(item_ids) if row}
+        self.item_ids: tuple[str, ...] = tuple(item_ids[1:])
+        self.user_feature_names = tuple(user_feature_names)
+        self.item_feature_names = tuple(item_feature_names)
+        self._user_features = np.ascontiguousarray(user_features, dtype=np.float32)
+        self._item_features = np.ascontiguousarray(item_features, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureStore:
+        a = load_arrays(path)
+        return cls(
+            user_ids=[str(x) for x in a["user_ids"].tolist()],
+            item_ids=[str(x) for x in a["item_ids"].tolist()],
+            user_features=a["user_features"].astype(np.float32, copy=False),
+            item_features=a["item_features"].astype(np.float32, copy=False),
+            user_feature_names=[str(x) for x in a["user_feature_names"].tolist()],
+            item_feature_names=[str(x) for x in a["item_feature_names"].tolist()],
+            digest=str(a["digest"]),
+        )
+
+    @property
+    def n_user_features(self) -> int:
+        return int(self._user_features.shape[1])
+
+    @property
+    def n_item_features(self) -> int:
+        return int(self._item_features.shape[1])
+
+    def known_user(self, user_id: str) -> bool:
+        return user_id in self._user_row
+
+    def known_item(self, item_id: str) -> bool:
+        return item_id in self._item_row
+
+    def inputs_for(self, user_id: str, item_ids: Sequence[str]) -> dict[str, NDArray[np.generic]]:
+        """ONNX inputs for one user and n candidates (hot path: no per-item numpy calls)."""
+        lookup = self._item_row.get
+        rows = [lookup(i, 0) for i in item_ids]
+        if 0 in rows:
+            raise UnknownItems([i for i, r in zip(item_ids, rows, strict=True) if r == 0])
+        n = len(rows)
+        item_idx = np.array(rows, dtype=np.int64)
+        user_row = self._user_row.get(user_id, 0)
+        return {
+            "user_id": np.full(n, user_row, dtype=np.int64),
+            "item_id": item_idx,
+            # A real copy, not a stride-0 broadcast view: callers concatenate
+            # these for micro-batches and onnxruntime wants contiguous input.
+            "user_features": np.repeat(self._user_features[user_row : user_row + 1], n, axis=0),
+            "item_features": self._item_features[item_idx],
+        }

@@ -1,0 +1,125 @@
+"""The ranker runtime: one onnxruntime session, created from bytes, run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gateway.errors import ConfigurationError, InvalidRequest
+from gateway.pipeline import ModelRef
+from models.ort import ort, session_from_bytes
+
+# ONNX tensor element types (as onnxruntime names them) → Open Inference Protocol datatypes.
+_OIP_DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+NUMPY_DTYPES = {
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "INT64": np.dtype(np.int64),
+    "INT32": np.dtype(np.int32),
+    "BOOL": np.dtype(np.bool_),
+}
+
+InferenceObserver = Callable[[float, int], None]
+
+
+def _no_observer(_seconds: float, _rows: int) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    # -1 for a dynamic dimension, as the Open Inference Protocol writes it.
+    shape: tuple[int, ...]
+
+    def as_oip(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(arg: object) -> TensorSpec:
+    name = getattr(arg, "name", "")
+    onnx_type = getattr(arg, "type", "")
+    dims = getattr(arg, "shape", [])
+    shape = tuple(d if isinstance(d, int) else -1 for d in dims)
+    return TensorSpec(name=name, datatype=_OIP_DATATYPES.get(onnx_type, onnx_type), shape=shape)
+
+
+# onnxruntime raises these for inputs the graph rejects (bad index, shape mismatch).
+_ORT_INPUT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("InvalidArgument", "RuntimeException", "Fail", "InvalidGraph")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
+
+
+class Ranker:
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        model_bytes: bytes,
+        intra_op_threads: int = 1,
+        inference_threads: int = 2,
+        graph_optimization_level: str = "all",
+        observe: InferenceObserver = _no_observer,
+    ) -> None:
+        self.ref = ModelRef(name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest())
+        self._session = session_from_bytes(
+            model_bytes,
+            intra_op_threads=intra_op_threads,
+            graph_optimization_level=graph_optimization_level,
+        )
+        self.inputs = tuple(_spec(i) for i in self._session.get_inputs())
+        self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+        self._executor = ThreadPoolExecutor(
+            max_workers=inference_threads, thread_name_prefix=f"ort-{name}"
+        )
+        self._observe = observe
+
+    @classmethod
+    def from_file(cls, path: Path, *, name: str, version: str, **options: object) -> Ranker:
+        try:
+            model_bytes = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigurationError(f"model file not found: {path}; run `gateway init`") from None
+        return cls(name=name, version=version, model_bytes=model_bytes, **options)  # type: ignore[arg-type]
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            values = self._session.run(self._output_names, dict(feeds))
+        except _ORT_INPUT_ERRORS as exc:
+            raise InvalidRequest(
+                "the model rejected the input tensors", log_cause=f"onnxruntime: {exc}"
+            ) from None
+        rows = len(next(iter(feeds.values()))) if feeds else 0
+        self._observe(time.perf_counter() - started, rows)
+        return dict(zip(self._output_names, values, strict=True))
+
+    async def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, feeds)
+
+    def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """For the CLI, tests and benchmarks; never call it on the event loop."""
+        return self._run(feeds)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

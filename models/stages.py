@@ -1,0 +1,46 @@
+"""Stage 6: rank. The `/v1/rank` path looks features up server-side; OIP sends tensors."""
+
+from __future__ import annotations
+
+from gateway.errors import InternalError
+from gateway.pipeline import InferQuery, InferResult, RankQuery, RankResult, RequestContext
+from models.features import FeatureStore
+from models.ranker import Ranker
+
+
+class RankStage:
+    name = "rank"
+
+    def __init__(self, ranker: Ranker, features: FeatureStore, *, score_output: str = "score"):
+        self._ranker = ranker
+        self._features = features
+        self._score = score_output
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query = ctx.payload
+        if not isinstance(query, RankQuery):
+            raise InternalError(log_cause="rank stage got no RankQuery")
+        feeds = self._features.inputs_for(query.user_id, query.item_ids)
+        outputs = await self._ranker.run(feeds)
+        result = RankResult(
+            item_ids=query.item_ids,
+            scores=outputs[self._score].reshape(-1),
+            cold_start=not self._features.known_user(query.user_id),
+        )
+        return ctx.evolve(model=self._ranker.ref, result=result)
+
+
+class InferStage:
+    name = "rank"
+
+    def __init__(self, ranker: Ranker) -> None:
+        self._ranker = ranker
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query = ctx.payload
+        if not isinstance(query, InferQuery):
+            raise InternalError(log_cause="infer stage got no InferQuery")
+        outputs = await self._ranker.run(query.feeds)
+        if query.outputs is not None:
+            outputs = {name: outputs[name] for name in query.outputs}
+        return ctx.evolve(model=self._ranker.ref, result=InferResult(outputs=outputs))

@@ -1,0 +1,1 @@
+"""Privacy concerns (consent, PII redaction, data-subject rights). Stages land here in later issues."""

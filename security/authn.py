@@ -1,0 +1,224 @@
+"""Stage 1: bearer-token authentication (RFC 6750) of JWT access tokens.
+
+Validation steps, each failing with the same `InvalidToken` (the cause goes to
+the log only):
+  1. the header parses; `alg` is on the issuer's allow-list; `kid` is present;
+  2. the unverified `iss` names a trusted issuer;
+  3. the key is chosen by `kid` from that issuer's key source, and its type
+     matches `alg` (no HS256-with-a-public-key, no `none`);
+  4. the signature verifies (python-jose, with only that algorithm allowed);
+  5. `typ`, `exp`, `iat`, `nbf` (with leeway, against the injected clock),
+     `aud` (one of the issuer's audiences) are checked.
+Verified tokens are cached until they expire, keyed by an HMAC of the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jose import jwt
+from jose.exceptions import JOSEError
+
+from gateway.errors import InvalidToken
+from gateway.pipeline import Principal, RequestContext
+from security.jwks import KeySource
+
+log = logging.getLogger("gateway.authn")
+
+Clock = Callable[[], float]
+
+# RFC 6750 §2.1 b64token; a JWS compact serialisation is a subset of it.
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)$")
+_MAX_TOKEN_BYTES = 8_192
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerTrust:
+    """One trusted issuer, as the validator sees it."""
+
+    issuer: str
+    audiences: frozenset[str]
+    algorithms: frozenset[str]
+    keys: KeySource
+    required_typ: str | None = None
+    tenant_claim: str | None = None
+
+
+class TokenCache:
+    """Bounded LRU of verified principals, keyed by an HMAC of the raw token."""
+
+    def __init__(self, secret: bytes, max_size: int, clock: Clock) -> None:
+        self._secret = secret
+        self._max = max_size
+        self._clock = clock
+        self._entries: OrderedDict[bytes, Principal] = OrderedDict()
+
+    def key(self, token: str) -> bytes:
+        return hmac.new(self._secret, token.encode(), hashlib.sha256).digest()
+
+    def get(self, key: bytes) -> Principal | None:
+        principal = self._entries.get(key)
+        if principal is None:
+            return None
+        if principal.expires_at <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return principal
+
+    def put(self, key: bytes, principal: Principal) -> None:
+        if self._max == 0:
+            return
+        self._entries[key] = principal
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+def _numeric(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Reject(f"claim {name} missing or not a number")
+    return float(value)
+
+
+class _Reject(Exception):  # noqa: N818 - internal signal, always converted to InvalidToken
+    pass
+
+
+def scopes_from(claims: Mapping[str, Any]) -> frozenset[str]:
+    """`scope` (RFC 9068, space-separated) or `scp` (list or string, as some IdPs send)."""
+    raw = claims.get("scope", claims.get("scp"))
+    if isinstance(raw, str):
+        return frozenset(raw.split())
+    if isinstance(raw, list) and all(isinstance(s, str) for s in raw):
+        return frozenset(raw)
+    return frozenset()
+
+
+class TokenValidator:
+    def __init__(
+        self,
+        issuers: Iterable[IssuerTrust],
+        *,
+        leeway_s: float,
+        cache: TokenCache,
+        clock: Clock = time.time,
+    ) -> None:
+        self._issuers = {trust.issuer: trust for trust in issuers}
+        self._leeway = leeway_s
+        self._cache = cache
+        self._clock = clock
+
+    async def validate(self, token: str) -> Principal:
+        cache_key = self._cache.key(token)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        try:
+            principal = await self._verify(token)
+        except _Reject as exc:
+            raise InvalidToken(log_cause=str(exc)) from None
+        except JOSEError as exc:
+            raise InvalidToken(log_cause=f"jose: {type(exc).__name__}: {exc}") from None
+        self._cache.put(cache_key, principal)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
+        if len(token) > _MAX_TOKEN_BYTES:
+            raise _Reject("token too long")
+        header = jwt.get_unverified_header(token)
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or not isinstance(kid, str):
+            raise _Reject("header lacks alg or kid")
+        unverified = jwt.get_unverified_claims(token)
+        iss = unverified.get("iss")
+        trust = self._issuers.get(iss) if isinstance(iss, str) else None
+        if trust is None:
+            raise _Reject(f"untrusted issuer {iss!r}")
+        if alg not in trust.algorithms:
+            raise _Reject(f"algorithm {alg!r} not allowed for {iss}")
+        key = await trust.keys.key(kid, alg)
+        if key is None:
+            raise _Reject(f"no usable key {kid!r} for {alg} at {iss}")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            issuer=trust.issuer,
+            options={
+                # Time and audience are checked below, against the injected clock and a set.
+                "verify_aud": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_at_hash": False,
+                "require_iss": True,
+            },
+        )
+        if trust.required_typ is not None:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower() not in {
+                trust.required_typ.lower(),
+                "application/" + trust.required_typ.lower(),
+            }:
+                raise _Reject(f"typ {typ!r} is not {trust.required_typ}")
+        return self._check_claims(claims, trust)
+
+    def _check_claims(self, claims: Mapping[str, Any], trust: IssuerTrust) -> Principal:
+        now = self._clock()
+        exp = _numeric(claims, "exp")
+        iat = _numeric(claims, "iat")
+        if exp <= now - self._leeway:
+            raise _Reject("token expired")
+        if iat > now + self._leeway:
+            raise _Reject("token issued in the future")
+        if "nbf" in claims and _numeric(claims, "nbf") > now + self._leeway:
+            raise _Reject("token not yet valid (nbf)")
+        aud = claims.get("aud")
+        audiences = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+        if not audiences & trust.audiences:
+            raise _Reject(f"audience {aud!r} not accepted")
+        sub = claims.get("sub")
+        client_id = claims.get("client_id", claims.get("azp", sub))
+        if not isinstance(client_id, str) or not client_id:
+            raise _Reject("no client_id, azp or sub")
+        tenant = claims.get(trust.tenant_claim) if trust.tenant_claim else None
+        jti = claims.get("jti")
+        return Principal(
+            issuer=trust.issuer,
+            client_id=client_id,
+            subject=sub if isinstance(sub, str) else None,
+            scopes=scopes_from(claims),
+            tenant=tenant if isinstance(tenant, str) else None,
+            token_id=jti if isinstance(jti, str) else None,
+            # The cache must not outlive the token, leeway included.
+            expires_at=exp + self._leeway,
+        )
+
+
+class AuthenticateStage:
+    """Stage 1: `Authorization: Bearer <jwt>` → `ctx.principal`."""
+
+    name = "authenticate"
+
+    def __init__(self, validator: TokenValidator) -> None:
+        self._validator = validator
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        header = ctx.headers.get("authorization")
+        if header is None:
+            raise InvalidToken(log_cause="no Authorization header", token_presented=False)
+        match = _BEARER.match(header)
+        if match is None:
+            raise InvalidToken(log_cause="Authorization is not a Bearer b64token")
+        principal = await self._validator.validate(match.group(1))
+        return ctx.evolve(principal=principal)
