@@ -10,7 +10,8 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-import onnxruntime as ort  # noqa: E402  (must follow the environment default above)
+# Must follow the environment default above.
+import onnxruntime as ort
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ort", "session_from_bytes"]
 
@@ -55,4 +56,6 @@ def session_from_bytes(
     # The gateway calls run() from a small thread pool on boxes with few cores;
     # spinning worker threads would steal CPU from the event loop between calls.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )

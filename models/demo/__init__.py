@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,8 +77,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _store_digest(path: Path) -> str | None:
     """Digest recomputed from the arrays of an existing store (not its stored field)."""
-    from models.demo.features_build import digest_arrays
-    from models.features import load_arrays
+    from models.features import digest_arrays, load_arrays
 
     try:
         return digest_arrays(load_arrays(path))
@@ -85,11 +85,17 @@ def _store_digest(path: Path) -> str | None:
         return None
 
 
-def install_demo(data_dir: Path) -> DemoInstall:
+def install_demo(data_dir: Path, *, card: Mapping[str, Any] | None = None) -> DemoInstall:
+    """Install the demo feature store and model under `data_dir`; idempotent.
+
+    `card` defaults to the committed model card; passing another is how a test
+    (or a retrained model under review) checks the digest guard.
+    """
     from models.demo.data import generate
     from models.demo.features_build import build_tables, write_feature_store
 
-    card = load_card()
+    if card is None:
+        card = load_card()
     blob = model_bytes()
     sha = hashlib.sha256(blob).hexdigest()
     if sha != card["model_sha256"]:
@@ -102,12 +108,14 @@ def install_demo(data_dir: Path) -> DemoInstall:
     model_dir = data_dir / "models" / MODEL_NAME / MODEL_VERSION
     model_path = model_dir / "model.onnx"
     card_path = model_dir / CARD_NAME
-    card_bytes = _asset(CARD_NAME)
+    card_bytes = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     created = False
 
     if not store.is_file() or _store_digest(store) != expected:
         data = generate(
-            int(card["seed"]), n_users=int(card["data"]["n_users"]), n_items=int(card["data"]["n_items"])
+            int(card["seed"]),
+            n_users=int(card["data"]["n_users"]),
+            n_items=int(card["data"]["n_items"]),
         )
         tables = build_tables(data)
         digest = tables.digest()

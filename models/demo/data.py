@@ -171,7 +171,7 @@ def generate(
     clicks = (rng.random(users.shape[0]) < _sigmoid(logit)).astype(np.int8)
 
     perm = rng.permutation(users.shape[0])
-    n_test = int(round(test_fraction * users.shape[0]))
+    n_test = round(test_fraction * users.shape[0])
     test_idx = np.sort(perm[:n_test])
     train_idx = np.sort(perm[n_test:])
 

@@ -67,7 +67,7 @@ def score_heldout(
 def popularity_scores(data: DemoData) -> NDArray[np.float64]:
     """Baseline: each held-out item scored by its click count in the training split."""
     clicks = np.bincount(data.train.item, weights=data.train.click, minlength=data.n_items)
-    return clicks[data.test.item]
+    return clicks.astype(np.float64)[data.test.item]
 
 
 def evaluate(model_bytes: bytes, data: DemoData, tables: FeatureTables) -> dict[str, float]:

@@ -11,31 +11,22 @@ in the last bit between CPUs).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.demo.data import DemoData
+from models.features import STORE_ARRAYS, digest_arrays
 
 # Pseudo-counts pulling sparse users' and items' shares toward the global ones.
 GENRE_PRIOR_WEIGHT = 5.0
 CTR_PRIOR_WEIGHT = 20.0
-
-# Array names, in the order they enter the digest.
-STORE_ARRAYS = (
-    "user_ids",
-    "item_ids",
-    "user_feature_names",
-    "item_feature_names",
-    "user_features",
-    "item_features",
-)
 
 
 @dataclass(frozen=True)
@@ -57,17 +48,6 @@ class FeatureTables:
 
     def digest(self) -> str:
         return digest_arrays(self.arrays())
-
-
-def digest_arrays(arrays: dict[str, NDArray[np.generic]]) -> str:
-    """sha256 over name, dtype, shape and little-endian C-order bytes of each array."""
-    h = hashlib.sha256()
-    for name in STORE_ARRAYS:
-        arr = np.ascontiguousarray(arrays[name])
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
 
 
 def _log1p_counts(counts: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -146,7 +126,9 @@ def write_feature_store(path: Path, tables: FeatureTables) -> str:
     fd, tmp_name = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, digest=np.array(digest, dtype=np.str_), **tables.arrays())
+            # allow_pickle=False makes numpy refuse, not pickle, anything non-plain.
+            arrays: dict[str, Any] = {"digest": np.array(digest, dtype=np.str_), **tables.arrays()}
+            np.savez(fh, allow_pickle=False, **arrays)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -56,13 +57,15 @@ def _init_params(torch: Any, tables: FeatureTables, gen: Any) -> dict[str, Any]:
         return t.requires_grad_(True)
 
     params: dict[str, Any] = {
-        "user_emb": (torch.randn((tables.user_features.shape[0], EMB_DIM), generator=gen) * 0.05)
-        .requires_grad_(True),
-        "item_emb": (torch.randn((tables.item_features.shape[0], EMB_DIM), generator=gen) * 0.05)
-        .requires_grad_(True),
+        "user_emb": (
+            torch.randn((tables.user_features.shape[0], EMB_DIM), generator=gen) * 0.05
+        ).requires_grad_(True),
+        "item_emb": (
+            torch.randn((tables.item_features.shape[0], EMB_DIM), generator=gen) * 0.05
+        ).requires_grad_(True),
         "w_wide": torch.zeros((tables.n_genres, 1)).requires_grad_(True),
     }
-    for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True), start=1):
+    for k, (d_in, d_out) in enumerate(itertools.pairwise(dims), start=1):
         bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default range
         params[f"w{k}"] = uniform((d_out, d_in), bound)
         params[f"b{k}"] = uniform((d_out,), bound)
@@ -275,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {args.out_dir / MODEL_ASSET} ({len(model_bytes_s)} bytes) in "
         f"{time.perf_counter() - started:.1f}s; torch/onnx max diff {diff:.1e}; "
-        f"held-out AUC model {metrics['model_auc']:.4f}, popularity {metrics['popularity_auc']:.4f},"
-        f" item CTR {metrics['item_ctr_auc']:.4f}, cold start {metrics['cold_start_auc']:.4f}"
+        f"held-out AUC model {metrics['model_auc']:.4f}, "
+        f"popularity {metrics['popularity_auc']:.4f}, "
+        f"item CTR {metrics['item_ctr_auc']:.4f}, cold start {metrics['cold_start_auc']:.4f}"
     )
 
 
