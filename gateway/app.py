@@ -50,7 +50,7 @@ class Components:
         return RequestContext(
             request_id=request.scope["state"]["request_id"],
             action=action,
-            route=request.url.path,
+            route=request.scope["path"],
             headers=request.headers,
             body=body,
             received_at=time.time(),
@@ -59,7 +59,9 @@ class Components:
     def pipeline(self, name: str) -> Pipeline:
         found = self.pipelines.get(name)
         if found is None:
-            raise ModelNotReady("the model is not loaded", log_cause="; ".join(self.not_ready.values()))
+            raise ModelNotReady(
+                "the model is not loaded", log_cause="; ".join(self.not_ready.values())
+            )
         return found
 
 
@@ -69,46 +71,56 @@ def components_of(request: Request) -> Components:
 
 
 def _trusted_issuers(
-    settings: Settings, issuer: EmbeddedIssuer | None, http: httpx.AsyncClient, clock: Clock
+    settings: Settings, issuer: EmbeddedIssuer | None, http: httpx.AsyncClient
 ) -> list[IssuerTrust]:
     trusts: list[IssuerTrust] = []
     if issuer is not None:
-        trusts.append(IssuerTrust(
-            issuer=issuer.issuer_url,
-            audiences=frozenset({settings.issuer.audience}),
-            algorithms=frozenset({"RS256"}),
-            keys=StaticKeySource(issuer.jwks()),
-            required_typ="at+jwt",
-            tenant_claim="tenant",
-        ))
+        trusts.append(
+            IssuerTrust(
+                issuer=issuer.issuer_url,
+                audiences=frozenset({settings.issuer.audience}),
+                algorithms=frozenset({"RS256"}),
+                keys=StaticKeySource(issuer.jwks()),
+                required_typ="at+jwt",
+                tenant_claim="tenant",
+            )
+        )
     auth = settings.auth
     for trusted in auth.trusted_issuers:
         keys: KeySource
         if trusted.jwks_url is not None:
             keys = RemoteKeySource(
-                trusted.jwks_url, client=http, ttl_s=auth.jwks_cache_ttl_s,
+                trusted.jwks_url,
+                client=http,
+                ttl_s=auth.jwks_cache_ttl_s,
                 min_refresh_interval_s=auth.jwks_min_refresh_interval_s,
+                # Refresh pacing is wall-clock independent: monotonic, not the token clock.
+                clock=time.monotonic,
             )
         else:
             assert trusted.jwks_file is not None  # noqa: S101 - enforced by the settings model
             try:
                 keys = FileKeySource(
                     settings.resolve(trusted.jwks_file),
-                    min_refresh_interval_s=auth.jwks_min_refresh_interval_s, clock=time.monotonic,
+                    min_refresh_interval_s=auth.jwks_min_refresh_interval_s,
+                    clock=time.monotonic,
                 )
             except JwksError as exc:
                 raise ConfigurationError(str(exc)) from exc
-        trusts.append(IssuerTrust(
-            issuer=trusted.issuer,
-            audiences=frozenset(trusted.audiences),
-            algorithms=frozenset(trusted.algorithms),
-            keys=keys,
-            required_typ=trusted.required_typ,
-            tenant_claim=trusted.tenant_claim,
-        ))
+        trusts.append(
+            IssuerTrust(
+                issuer=trusted.issuer,
+                audiences=frozenset(trusted.audiences),
+                algorithms=frozenset(trusted.algorithms),
+                keys=keys,
+                required_typ=trusted.required_typ,
+                tenant_claim=trusted.tenant_claim,
+            )
+        )
     if not trusts:
         raise ConfigurationError(
-            "no token issuer is trusted: enable the embedded issuer or configure auth.trusted_issuers"
+            "no token issuer is trusted: enable the embedded issuer "
+            "or configure auth.trusted_issuers"
         )
     return trusts
 
@@ -122,9 +134,13 @@ def _load_model(settings: Settings, metrics: Metrics) -> tuple[Ranker, FeatureSt
         rows.observe(n)
 
     ranker = Ranker.from_file(
-        settings.resolve(cfg.path), name=cfg.name, version=cfg.version,
-        intra_op_threads=cfg.intra_op_threads, inference_threads=cfg.inference_threads,
-        graph_optimization_level=cfg.graph_optimization_level, observe=observe,
+        settings.resolve(cfg.path),
+        name=cfg.name,
+        version=cfg.version,
+        intra_op_threads=cfg.intra_op_threads,
+        inference_threads=cfg.inference_threads,
+        graph_optimization_level=cfg.graph_optimization_level,
+        observe=observe,
     )
     features = FeatureStore.load(settings.resolve(cfg.features_path))
     return ranker, features
@@ -144,7 +160,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
             clock=clock,
         )
     validator = TokenValidator(
-        _trusted_issuers(settings, issuer, http, clock),
+        _trusted_issuers(settings, issuer, http),
         leeway_s=settings.auth.leeway_s,
         cache=TokenCache(
             settings.secret_key.get_secret_value().encode(), settings.auth.token_cache_size, clock
@@ -152,8 +168,13 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         clock=clock,
     )
     components = Components(
-        settings=settings, metrics=metrics, validator=validator, issuer=issuer,
-        ranker=None, features=None, http=http,
+        settings=settings,
+        metrics=metrics,
+        validator=validator,
+        issuer=issuer,
+        ranker=None,
+        features=None,
+        http=http,
     )
     try:
         components.ranker, components.features = _load_model(settings, metrics)
@@ -180,7 +201,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     )
     app.state.components = components
     install_error_handlers(app)
-    from gateway.routes import health, oauth, oip, rank  # noqa: PLC0415 - avoid import cycles
+    from gateway.routes import health, oauth, oip, rank
 
     for router in (rank.router, oip.router, oauth.router, health.router):
         app.include_router(router)

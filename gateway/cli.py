@@ -24,7 +24,8 @@ models_app = typer.Typer(help="Inspect served models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (default: $GATEWAY_DATA_DIR or .gateway)")
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $GATEWAY_DATA_DIR or .gateway)"),
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML/YAML config (default: DATA_DIR/gateway.toml)")
@@ -52,7 +53,7 @@ def _settings(data_dir: Path | None, config: Path | None, **overrides: object) -
 @app.command()
 def init(data_dir: DataDirOpt = None) -> None:
     """Create keys, client secrets, the demo model and a default config (never overwrites)."""
-    from gateway.datadir import init_data_dir  # noqa: PLC0415 - keeps `--help` fast
+    from gateway.datadir import init_data_dir
 
     report = init_data_dir(_data_dir(data_dir))
     typer.echo(f"data directory: {report.data_dir}")
@@ -74,9 +75,9 @@ def serve(
     ] = False,
 ) -> None:
     """Run the gateway (uvicorn, one process)."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from gateway.app import create_app  # noqa: PLC0415
+    from gateway.app import create_app
 
     if init_if_missing:
         init(data_dir)
@@ -105,7 +106,7 @@ def token(
     config: ConfigOpt = None,
 ) -> None:
     """Mint an access token from the embedded issuer and print it."""
-    from security.issuer import EmbeddedIssuer, load_signing_key  # noqa: PLC0415
+    from security.issuer import EmbeddedIssuer, load_signing_key
 
     settings = _settings(data_dir, config)
     if not settings.issuer.enabled:
@@ -129,7 +130,7 @@ def token(
 @models_app.command("list")
 def models_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Show the configured model and its package digest."""
-    import hashlib  # noqa: PLC0415
+    import hashlib
 
     settings = _settings(data_dir, config)
     path = settings.resolve(settings.model.path)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidRequest, MalformedRequest, UnsupportedMediaType
@@ -82,7 +83,7 @@ def _flatten(data: Sequence[Any]) -> list[Any]:
     return list(data)
 
 
-def decode_tensor(spec: TensorSpec, item: Any, max_rows: int) -> np.ndarray:
+def decode_tensor(spec: TensorSpec, item: Any, max_rows: int) -> NDArray[Any]:
     """One OIP tensor (JSON) → numpy, checked against the model's signature."""
     if item.datatype != spec.datatype:
         raise InvalidRequest(f"input {spec.name}: datatype must be {spec.datatype}")
@@ -93,12 +94,16 @@ def decode_tensor(spec: TensorSpec, item: Any, max_rows: int) -> np.ndarray:
     if len(shape) != len(spec.shape) or any(
         want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
     ):
-        raise InvalidRequest(f"input {spec.name}: shape {list(shape)} does not fit {list(spec.shape)}")
+        raise InvalidRequest(
+            f"input {spec.name}: shape {list(shape)} does not fit {list(spec.shape)}"
+        )
     if shape and shape[0] > max_rows:
         raise InvalidRequest(f"input {spec.name}: at most {max_rows} rows")
     values = _flatten(item.data)
     if len(values) != math.prod(shape):
-        raise InvalidRequest(f"input {spec.name}: data has {len(values)} elements, shape needs {math.prod(shape)}")
+        raise InvalidRequest(
+            f"input {spec.name}: data has {len(values)} elements, shape needs {math.prod(shape)}"
+        )
     if dtype.kind in "iu" and not all(type(v) is int for v in values):
         raise InvalidRequest(f"input {spec.name}: {spec.datatype} data must be integers")
     if dtype.kind == "f" and not all(type(v) in (int, float) for v in values):
@@ -106,7 +111,7 @@ def decode_tensor(spec: TensorSpec, item: Any, max_rows: int) -> np.ndarray:
     if dtype.kind == "b" and not all(type(v) is bool for v in values):
         raise InvalidRequest(f"input {spec.name}: BOOL data must be true/false")
     try:
-        array = np.asarray(values, dtype=dtype).reshape(shape)
+        array: NDArray[Any] = np.asarray(values, dtype=dtype).reshape(shape)
     except OverflowError:
         raise InvalidRequest(f"input {spec.name}: value out of range for {spec.datatype}") from None
     if dtype.kind == "f" and not np.isfinite(array).all():
@@ -134,8 +139,10 @@ class InferDecodeStage:
         unknown = sorted(set(names) - set(self._inputs))
         if missing or unknown:
             raise InvalidRequest(f"inputs: missing {missing}, unexpected {unknown}")
-        feeds = {item.name: decode_tensor(self._inputs[item.name], item, self._max_rows)
-                 for item in request.inputs}
+        feeds = {
+            item.name: decode_tensor(self._inputs[item.name], item, self._max_rows)
+            for item in request.inputs
+        }
         rows = {array.shape[0] for array in feeds.values() if array.ndim}
         if len(rows) > 1:
             raise InvalidRequest("inputs: all inputs must have the same batch size")

@@ -16,30 +16,60 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "gateway_requests_total", "HTTP requests by route template, method and status",
-            ["route", "method", "status"], registry=self.registry,
+            "gateway_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "gateway_request_duration_seconds", "HTTP request latency by route template",
-            ["route"], buckets=_LATENCY, registry=self.registry,
+            "gateway_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=_LATENCY,
+            registry=self.registry,
         )
         self.stage_seconds = Histogram(
-            "gateway_stage_duration_seconds", "Pipeline stage latency",
-            ["stage"], buckets=_LATENCY, registry=self.registry,
+            "gateway_stage_duration_seconds",
+            "Pipeline stage latency",
+            ["stage"],
+            buckets=_LATENCY,
+            registry=self.registry,
         )
         self.inference_seconds = Histogram(
-            "gateway_model_inference_seconds", "onnxruntime session.run latency",
-            ["model"], buckets=_LATENCY, registry=self.registry,
+            "gateway_model_inference_seconds",
+            "onnxruntime session.run latency",
+            ["model"],
+            buckets=_LATENCY,
+            registry=self.registry,
         )
         self.batch_rows = Histogram(
-            "gateway_model_batch_rows", "Rows per onnxruntime session.run",
-            ["model"], buckets=_ROWS, registry=self.registry,
+            "gateway_model_batch_rows",
+            "Rows per onnxruntime session.run",
+            ["model"],
+            buckets=_ROWS,
+            registry=self.registry,
         )
         self.model_ready = Gauge(
-            "gateway_model_ready", "1 when the model is loaded and serving",
-            ["model"], registry=self.registry,
+            "gateway_model_ready",
+            "1 when the model is loaded and serving",
+            ["model"],
+            registry=self.registry,
         )
         self._stage_children: dict[str, Histogram] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, route: str, method: str, status: str, seconds: float) -> None:
+        # labels() hashes and locks on every call; cache the children per label tuple.
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, status),
+                self.request_seconds.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         child = self._stage_children.get(stage)

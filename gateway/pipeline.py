@@ -74,7 +74,7 @@ class InferResult:
     outputs: Mapping[str, Any]  # output name -> numpy array
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RequestContext:
     """Everything a stage may read. Stages return a new context; they never mutate one."""
 
@@ -96,7 +96,19 @@ class RequestContext:
     stage_ms: Mapping[str, float] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> RequestContext:
-        return dataclasses.replace(self, **changes)
+        # dataclasses.replace re-runs __init__ over every field; on the hot path
+        # (several stages per request) copying the instance dict is ~5x cheaper.
+        unknown = changes.keys() - _CONTEXT_FIELDS
+        if unknown:
+            raise TypeError(f"RequestContext has no field(s) {sorted(unknown)}")
+        new = object.__new__(RequestContext)
+        state = new.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        return new
+
+
+_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RequestContext))
 
 
 class Stage(Protocol):
@@ -161,6 +173,7 @@ class Pipeline:
             error = InternalError(log_cause=f"{type(exc).__name__}: {exc}")
             raise error from exc
         finally:
-            ctx = ctx.evolve(stage_ms=timings)
-            for final in self.final:
-                await final(ctx, error)
+            if self.final:
+                ctx = ctx.evolve(stage_ms=timings)
+                for final in self.final:
+                    await final(ctx, error)

@@ -24,7 +24,9 @@ log = logging.getLogger("gateway.errors")
 OIP_PREFIX = "/v2"
 
 
-def render(error: GatewayError, path: str, request_id: str | None) -> tuple[int, dict[str, str], bytes]:
+def render(
+    error: GatewayError, path: str, request_id: str | None
+) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body for `error`, in the shape the route's protocol expects."""
     headers = dict(error.headers)
     headers["Cache-Control"] = "no-store"
@@ -40,8 +42,14 @@ def render(error: GatewayError, path: str, request_id: str | None) -> tuple[int,
 
 def _log(error: GatewayError, request_id: str | None) -> None:
     level = logging.ERROR if error.status >= 500 else logging.INFO
-    log.log(level, "request %s refused: %s %s (%s)", request_id, error.status, error.slug,
-            error.log_cause or error.detail or error.title)
+    log.log(
+        level,
+        "request %s refused: %s %s (%s)",
+        request_id,
+        error.status,
+        error.slug,
+        error.log_cause or error.detail or error.title,
+    )
 
 
 def _request_id(request: Request) -> str | None:
@@ -83,8 +91,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="gateway"'
         body = {"error": exc.error, "error_description": exc.description}
-        return Response(orjson.dumps(body), status_code=exc.status, headers=headers,
-                        media_type="application/json")
+        return Response(
+            orjson.dumps(body),
+            status_code=exc.status,
+            headers=headers,
+            media_type="application/json",
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Clients never see internals; the traceback goes to the server log.

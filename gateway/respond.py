@@ -50,7 +50,11 @@ class InferRespondStage:
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
-        if not isinstance(query, InferQuery) or not isinstance(result, InferResult) or not ctx.model:
+        if (
+            not isinstance(query, InferQuery)
+            or not isinstance(result, InferResult)
+            or not ctx.model
+        ):
             raise InternalError(log_cause="respond stage without an infer result")
         outputs: list[dict[str, Any]] = [
             {

@@ -15,9 +15,12 @@ class _Strict(BaseModel):
 
 class RankContextIn(_Strict):
     query: str | None = None
-    locale: Annotated[
-        str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
-    ] | None = None
+    locale: (
+        Annotated[
+            str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+        ]
+        | None
+    ) = None
     device: Annotated[str, StringConstraints(max_length=32)] | None = None
 
 

@@ -61,21 +61,24 @@ class TransportMiddleware:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except TimeoutError:
             if not response_started:
-                await self._send_error(RequestTimeout(log_cause="request timeout"), scope, send_wrapper)
+                await self._send_error(
+                    RequestTimeout(log_cause="request timeout"), scope, send_wrapper
+                )
         except GatewayError as exc:
             if not response_started:
                 await self._send_error(exc, scope, send_wrapper)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status_holder[0])).inc()
-            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
+            self.metrics.observe_request(
+                template, scope["method"], str(status_holder[0]), time.perf_counter() - started
+            )
 
     @staticmethod
     def _request_id(scope: Scope) -> str:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                candidate = value.decode("latin-1")
+                candidate: str = value.decode("latin-1")
                 # A client's id is kept only when it cannot smuggle anything into logs.
                 if _CLIENT_REQUEST_ID.match(candidate):
                     return candidate

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ _OIP_DATATYPES = {
     "tensor(bool)": "BOOL",
     "tensor(string)": "BYTES",
 }
-NUMPY_DTYPES = {
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
     "INT64": np.dtype(np.int64),
@@ -79,7 +80,9 @@ class Ranker:
         graph_optimization_level: str = "all",
         observe: InferenceObserver = _no_observer,
     ) -> None:
-        self.ref = ModelRef(name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest())
+        self.ref = ModelRef(
+            name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest()
+        )
         self._session = session_from_bytes(
             model_bytes,
             intra_op_threads=intra_op_threads,

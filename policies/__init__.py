@@ -1,1 +1,1 @@
-"""Policy-as-code (Cedar + typed YAML bundle). Lands in a later issue; the spine authorizes by scope."""
+"""Policy-as-code (Cedar + typed YAML bundle); lands later. The spine authorizes by scope."""

@@ -1,1 +1,1 @@
-"""Privacy concerns (consent, PII redaction, data-subject rights). Stages land here in later issues."""
+"""Privacy: consent, PII redaction, data-subject rights. Stages land in later issues."""

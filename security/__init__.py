@@ -1,1 +1,1 @@
-"""Security concerns: authentication (JWT/JWKS), the embedded OAuth2 issuer, authorization by scope."""
+"""Security: authentication (JWT/JWKS), the embedded OAuth2 issuer, authorization by scope."""

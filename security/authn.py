@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -87,7 +88,14 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Reject(f"claim {name} missing or not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Reject(f"claim {name} out of range") from None
+    # python-jose's JSON parser accepts NaN/Infinity; a NaN exp would never expire.
+    if not math.isfinite(number):
+        raise _Reject(f"claim {name} is not finite")
+    return number
 
 
 class _Reject(Exception):  # noqa: N818 - internal signal, always converted to InvalidToken
@@ -139,6 +147,9 @@ class TokenValidator:
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or not isinstance(kid, str):
             raise _Reject("header lacks alg or kid")
+        if "crit" in header:
+            # RFC 7515 §4.1.11: we implement no extensions, so any critical one is fatal.
+            raise _Reject("header lists critical extensions")
         unverified = jwt.get_unverified_claims(token)
         iss = unverified.get("iss")
         trust = self._issuers.get(iss) if isinstance(iss, str) else None
@@ -184,7 +195,12 @@ class TokenValidator:
         if "nbf" in claims and _numeric(claims, "nbf") > now + self._leeway:
             raise _Reject("token not yet valid (nbf)")
         aud = claims.get("aud")
-        audiences = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+        if isinstance(aud, str):
+            audiences = {aud}
+        elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+            audiences = set(aud)
+        else:
+            raise _Reject("aud missing or not a string / list of strings")
         if not audiences & trust.audiences:
             raise _Reject(f"audience {aud!r} not accepted")
         sub = claims.get("sub")

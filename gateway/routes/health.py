@@ -30,7 +30,8 @@ async def readyz(request: Request) -> Response:
         checks["model_digest"] = f"sha256:{components.ranker.ref.digest}"
     ready = not components.not_ready
     return json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
     )
 
 

@@ -52,14 +52,16 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
     ranker = components.ranker
     if ranker is None:
         return json_response({"error": "model not loaded"}, status=503)
-    return json_response({
-        "name": ranker.ref.name,
-        "versions": [ranker.ref.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [spec.as_oip() for spec in ranker.inputs],
-        "outputs": [spec.as_oip() for spec in ranker.outputs],
-        "parameters": {"package_digest": f"sha256:{ranker.ref.digest}"},
-    })
+    return json_response(
+        {
+            "name": ranker.ref.name,
+            "versions": [ranker.ref.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.as_oip() for spec in ranker.inputs],
+            "outputs": [spec.as_oip() for spec in ranker.outputs],
+            "parameters": {"package_digest": f"sha256:{ranker.ref.digest}"},
+        }
+    )
 
 
 @router.get("/models/{name}", summary="OIP model metadata (scope: infer)")

@@ -19,7 +19,11 @@ GATEWAY = [sys.executable, "-m", "gateway.cli"]
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return subprocess.run(
-        [*GATEWAY, *args], capture_output=True, text=True, timeout=120, env={**clean, **(env or {})},
+        [*GATEWAY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **(env or {})},
         check=False,
     )
 
@@ -42,8 +46,9 @@ def test_init_is_idempotent_and_private(tmp_path: Path) -> None:
 
 
 def test_token_command_mints_a_verifiable_token(initialised: InitReport) -> None:
-    result = run("token", "--client", "demo", "--scope", "rank", "--data-dir",
-                 str(initialised.data_dir))
+    result = run(
+        "token", "--client", "demo", "--scope", "rank", "--data-dir", str(initialised.data_dir)
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
@@ -75,15 +80,17 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(
 
 
 def test_serve_refuses_placeholder_secret_outside_dev_mode(initialised: InitReport) -> None:
-    result = run("serve", "--data-dir", str(initialised.data_dir),
-                 env={"GATEWAY_SECRET_KEY": "change-me"})
+    result = run(
+        "serve", "--data-dir", str(initialised.data_dir), env={"GATEWAY_SECRET_KEY": "change-me"}
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: secret_key is a placeholder")
 
 
 def test_serve_without_data_dir_says_to_init(tmp_path: Path) -> None:
-    result = run("serve", "--data-dir", str(tmp_path / "empty"),
-                 env={"GATEWAY_SECRET_KEY": "x" * 40})
+    result = run(
+        "serve", "--data-dir", str(tmp_path / "empty"), env={"GATEWAY_SECRET_KEY": "x" * 40}
+    )
     assert result.returncode == 2
     assert "run `gateway init`" in result.stderr
 

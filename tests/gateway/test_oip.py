@@ -57,14 +57,18 @@ def test_model_metadata_matches_the_onnx_signature(
     assert meta["parameters"]["package_digest"].startswith("sha256:")
     assert client.get(f"{MODEL}/versions/1", headers=auth()).json() == meta
     assert client.get(f"{MODEL}/ready", headers=auth()).json() == {
-        "name": "demo-ranker", "ready": True,
+        "name": "demo-ranker",
+        "ready": True,
     }
 
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_infer_echoes_id_and_matches_onnxruntime(
-    client: TestClient, auth: Callable[..., dict[str, str]], settings: Settings,
-    feeds: dict[str, np.ndarray], nested: bool,
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+    settings: Settings,
+    feeds: dict[str, np.ndarray],
+    nested: bool,
 ) -> None:
     request = {"id": "req-42", "inputs": tensors(feeds, nested)}
     response = client.post(f"{MODEL}/infer", json=request, headers={**auth(), **JSON})
@@ -117,8 +121,17 @@ def _mutate(feeds: dict[str, np.ndarray], how: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "how",
-    ["missing", "extra", "dtype", "shape", "count", "float-in-int", "out-of-range-index",
-     "batch-mismatch", "unknown-output"],
+    [
+        "missing",
+        "extra",
+        "dtype",
+        "shape",
+        "count",
+        "float-in-int",
+        "out-of-range-index",
+        "batch-mismatch",
+        "unknown-output",
+    ],
 )
 def test_bad_tensors_get_an_oip_error(
     client: TestClient, auth: Callable[..., dict[str, str]], feeds: dict[str, np.ndarray], how: str

@@ -20,7 +20,9 @@ def store(settings: Settings) -> FeatureStore:
     return FeatureStore.load(settings.resolve(settings.model.features_path))
 
 
-def direct_scores(settings: Settings, store: FeatureStore, user: str, items: list[str]) -> np.ndarray:
+def direct_scores(
+    settings: Settings, store: FeatureStore, user: str, items: list[str]
+) -> np.ndarray:
     session = session_from_bytes(settings.resolve(settings.model.path).read_bytes())
     (scores,) = session.run(["score"], store.inputs_for(user, items))
     return np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -90,8 +92,11 @@ def test_different_users_get_different_rankings(
         (b'{"user_id": "u1", "item_ids": ["i1", "i1"]}', 422, "invalid-request"),
         (b'{"user_id": "u1", "item_ids": ["i1"], "top_k": 0}', 422, "invalid-request"),
         (b'{"user_id": "u1", "item_ids": ["i1"], "extra": 1}', 422, "invalid-request"),
-        (b'{"user_id": "u1", "item_ids": ["i1"], "context": {"locale": "<script>"}}', 422,
-         "invalid-request"),
+        (
+            b'{"user_id": "u1", "item_ids": ["i1"], "context": {"locale": "<script>"}}',
+            422,
+            "invalid-request",
+        ),
         (b'{"user_id": "u1", "item_ids": ["i1", "nope-1", "nope-2"]}', 422, "unknown-items"),
     ],
 )
@@ -109,7 +114,9 @@ def test_bad_input_is_a_typed_problem(
 
 def test_unknown_items_are_named(client: TestClient, auth: Callable[..., dict[str, str]]) -> None:
     response = client.post(
-        "/v1/rank", json={"user_id": "u1", "item_ids": ["i1", "ghost-9"]}, headers={**auth(), **JSON}
+        "/v1/rank",
+        json={"user_id": "u1", "item_ids": ["i1", "ghost-9"]},
+        headers={**auth(), **JSON},
     )
     assert response.status_code == 422
     assert response.json()["unknown_item_ids"] == ["ghost-9"]
@@ -121,7 +128,8 @@ def test_validation_errors_do_not_echo_values(
 ) -> None:
     secret_value = "alice@example.com-4111111111111111"
     response = client.post(
-        "/v1/rank", json={"user_id": {"email": secret_value}, "item_ids": ["i1"]},
+        "/v1/rank",
+        json={"user_id": {"email": secret_value}, "item_ids": ["i1"]},
         headers={**auth(), **JSON},
     )
     assert response.status_code == 422
@@ -151,7 +159,8 @@ def test_too_many_candidates(
 
 def test_wrong_media_type(client: TestClient, auth: Callable[..., dict[str, str]]) -> None:
     response = client.post(
-        "/v1/rank", content=b'{"user_id": "u1", "item_ids": ["i1"]}',
+        "/v1/rank",
+        content=b'{"user_id": "u1", "item_ids": ["i1"]}',
         headers={**auth(), "Content-Type": "text/plain"},
     )
     assert response.status_code == 415

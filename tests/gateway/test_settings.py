@@ -27,7 +27,9 @@ def test_placeholder_secret_refused_outside_dev_mode() -> None:
 
 def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "gw.toml"
-    config.write_text('port = 9000\nsecret_key = "' + "k" * 40 + '"\n[limits]\nmax_candidates = 7\n')
+    config.write_text(
+        'port = 9000\nsecret_key = "' + "k" * 40 + '"\n[limits]\nmax_candidates = 7\n'
+    )
     from_file = load_settings(config_file=config)
     assert (from_file.port, from_file.limits.max_candidates) == (9000, 7)
     monkeypatch.setenv("GATEWAY_PORT", "9100")

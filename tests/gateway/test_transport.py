@@ -62,7 +62,8 @@ def test_metrics_count_routes_stages_and_inference(
     client: TestClient, auth: Callable[..., dict[str, str]]
 ) -> None:
     ok = client.post(
-        "/v1/rank", json={"user_id": "u1", "item_ids": ["i1", "i2", "i3"]},
+        "/v1/rank",
+        json={"user_id": "u1", "item_ids": ["i1", "i2", "i3"]},
         headers={**auth(), **JSON},
     )
     assert ok.status_code == 200

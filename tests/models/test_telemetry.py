@@ -29,12 +29,22 @@ def test_no_files_under_home_after_inference(tmp_path: Path, settings: Settings)
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"))
+    env.update(
+        HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config")
+    )
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT,
-         str(settings.resolve(settings.model.path)),
-         str(settings.resolve(settings.model.features_path))],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(settings.resolve(settings.model.path)),
+            str(settings.resolve(settings.model.features_path)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "ran" in result.stdout

@@ -1,0 +1,207 @@
+"""bench/serve: the gateway's `/v1/rank` against a bare FastAPI endpoint and in-process ORT.
+
+    python -m bench.serve [--duration 15] [--concurrency 1,8,64] [--candidates 100]
+
+Starts both servers on 127.0.0.1 (one uvicorn process each), drives each with
+the same closed-loop client (bench/loadgen.py, a separate process), and prints
+one table. The bare endpoint and the gateway are measured alternately at each
+concurrency, so drift on a noisy machine hits both alike; read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from gateway.datadir import init_data_dir
+from gateway.settings import load_settings
+from models.features import FeatureStore
+from models.ranker import Ranker
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not become ready")
+
+
+def fetch_token(port: int, secret: str) -> str:
+    """A real token from the gateway's own /oauth/token, as a client would get one."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/oauth/token",
+        data=urllib.parse.urlencode(
+            {"grant_type": "client_credentials", "client_id": "demo", "client_secret": secret}
+        ).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        token: str = json.loads(response.read())["access_token"]
+        return token
+
+
+def in_process_p50_ms(ranker: Ranker, feeds: dict[str, np.ndarray], n: int = 3000) -> float:
+    for _ in range(200):
+        ranker.run_sync(feeds)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        ranker.run_sync(feeds)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def load(port: int, path: str, body_file: Path, token: str, conc: int, duration: float) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--body-file",
+            str(body_file),
+            "--token",
+            token,
+            "--concurrency",
+            str(conc),
+            "--duration",
+            str(duration),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict = json.loads(out.stdout)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--candidates", type=int, default=100)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    report = init_data_dir(work / "data")
+    settings = load_settings(data_dir=report.data_dir, config_file=report.config)
+    store = FeatureStore.load(settings.resolve(settings.model.features_path))
+    rng = np.random.default_rng(0)
+    items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), args.candidates, False)]
+    body_file = work / "body.json"
+    body_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
+
+    ranker = Ranker.from_file(
+        settings.resolve(settings.model.path), name="demo-ranker", version="1"
+    )
+    inproc = in_process_p50_ms(ranker, store.inputs_for("u7", items))
+    ranker.close()
+
+    gw_port, bare_port = free_port(), free_port()
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "BENCH_DATA_DIR": str(report.data_dir)}
+    servers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--data-dir",
+                str(report.data_dir),
+                "--port",
+                str(gw_port),
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_app:app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(bare_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        ),
+    ]
+    try:
+        wait_ready(f"http://127.0.0.1:{gw_port}/readyz")
+        wait_ready(f"http://127.0.0.1:{bare_port}/healthz")
+        token = fetch_token(gw_port, report.client_secrets["demo"].read_text().strip())
+        rows = []
+        for conc in levels:
+            bare = load(bare_port, "/rank", body_file, "", conc, args.duration)
+            gw = load(gw_port, "/v1/rank", body_file, token, conc, args.duration)
+            rows.append((conc, bare, gw))
+        for conc, bare, gw in rows:
+            if bare["errors"] or gw["errors"]:
+                raise SystemExit(f"non-200 responses at c{conc}: bare {bare}, gateway {gw}")
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            proc.wait(timeout=30)
+
+    print(
+        f"bench/serve: POST /v1/rank, {args.candidates} candidates, {args.duration:.0f} s per "
+        f"point, cores={os.cpu_count()}, 1 uvicorn process per server, client in its own process"
+    )
+    print(f"in-process onnxruntime session.run p50: {inproc:.3f} ms")
+    header = (
+        "conc",
+        "bare rps",
+        "bare p50",
+        "bare p99",
+        "gw rps",
+        "gw p50",
+        "gw p99",
+        "gw/bare rps",
+        "gw p50 - inproc",
+        "errors",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for conc, bare, gw in rows:
+        print(
+            f"| {conc} | {bare['rps']:.0f} | {bare['p50_ms']:.2f} ms | {bare['p99_ms']:.2f} ms "
+            f"| {gw['rps']:.0f} | {gw['p50_ms']:.2f} ms | {gw['p99_ms']:.2f} ms "
+            f"| {gw['rps'] / bare['rps']:.2f} | {gw['p50_ms'] - inproc:.2f} ms "
+            f"| {bare['errors']}/{gw['errors']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
