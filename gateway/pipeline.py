@@ -127,6 +127,22 @@ class FinalStage(Protocol):
     async def __call__(self, ctx: RequestContext, error: GatewayError | None) -> None: ...
 
 
+# The numbered stages of DESIGN.md, in order; `decode` sits where the body is first needed.
+# A pipeline refuses to be built out of this order, so a later stage cannot slip before
+# authentication by accident.
+STAGE_ORDER = (
+    "transport",  # 0 (ASGI middleware, not a pipeline stage)
+    "authenticate",  # 1
+    "authorize",  # 2
+    "decode",
+    "consent",  # 3
+    "redact",  # 4
+    "inspect",  # 5
+    "rank",  # 6
+    "respond",  # 7
+    "audit",  # 8 (a final stage)
+)
+
 StageObserver = Callable[[str, float], None]
 
 
@@ -147,6 +163,13 @@ class Pipeline:
         self.stages = tuple(stages)
         self.final = tuple(final)
         self._observe = observe
+        names = [s.name for s in self.stages] + [f.name for f in self.final]
+        unknown = [name for name in names if name not in STAGE_ORDER]
+        if unknown:
+            raise ValueError(f"unknown pipeline stage {unknown[0]!r}")
+        positions = [STAGE_ORDER.index(name) for name in names]
+        if positions != sorted(positions) or len(set(positions)) != len(positions):
+            raise ValueError(f"stages out of order: {names}")
 
     @property
     def stage_names(self) -> tuple[str, ...]:
