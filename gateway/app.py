@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
@@ -43,6 +42,7 @@ class Components:
     ranker: Ranker | None
     features: FeatureStore | None
     http: httpx.AsyncClient
+    clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
 
@@ -53,7 +53,7 @@ class Components:
             route=request.scope["path"],
             headers=request.headers,
             body=body,
-            received_at=time.time(),
+            received_at=self.clock(),
         )
 
     def pipeline(self, name: str) -> Pipeline:
@@ -175,6 +175,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         ranker=None,
         features=None,
         http=http,
+        clock=clock,
     )
     try:
         components.ranker, components.features = _load_model(settings, metrics)
@@ -245,7 +246,3 @@ def _build_pipelines(c: Components) -> None:
         ],
         observe=observe,
     )
-
-
-def data_dir_ready(settings: Settings) -> bool:
-    return Path(settings.resolve(settings.issuer.signing_key_file)).exists()

@@ -20,12 +20,19 @@ SERVER_NAME = "secure-model-gateway"
 SERVER_VERSION = "0.1.0"
 
 
-def _check_model(components: Components, name: str, version: str | None) -> None:
+def _missing_model(components: Components, name: str, version: str | None) -> NotFound | None:
     model = components.settings.model
     if name != model.name:
-        raise NotFound(f"model '{name}' is not served here")
-    if version is not None and version != model.version:
-        raise NotFound(f"model '{name}' has no version '{version}'")
+        return NotFound(f"model '{name}' is not served here")
+    if version not in (None, model.version):
+        return NotFound(f"model '{name}' has no version '{version}'")
+    return None
+
+
+def _check_model(components: Components, name: str, version: str | None) -> None:
+    missing = _missing_model(components, name, version)
+    if missing is not None:
+        raise missing
 
 
 @router.get("", summary="OIP server metadata")
@@ -94,19 +101,14 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     components = components_of(request)
-    pipeline = components.pipeline("infer")
+    missing = _missing_model(components, name, version)
+    if missing is not None:
+        # Authenticate first, so anonymous callers cannot probe which models exist.
+        await components.pipeline("model.read").run(components.context(request, "infer"))
+        raise missing
     ctx = components.context(request, "infer", await request.body())
-    # The model name is checked after authentication so anonymous callers cannot probe names.
-    ctx = await pipeline.run(ctx) if _known(components, name, version) else ctx
-    if ctx.response is None:
-        await components.pipeline("model.read").run(ctx)
-        _check_model(components, name, version)
+    ctx = await components.pipeline("infer").run(ctx)
     return json_response(ctx.response)
-
-
-def _known(components: Components, name: str, version: str | None) -> bool:
-    model = components.settings.model
-    return name == model.name and version in (None, model.version)
 
 
 @router.post("/models/{name}/infer", summary="OIP inference (scope: infer)")
