@@ -15,7 +15,10 @@ from starlette.requests import Request
 from gateway.decode import InferDecodeStage, RankDecodeStage
 from gateway.errors import ConfigurationError, ModelNotReady
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, RequestContext
+from audit.factory import open_audit_log
+from audit.log import AuditLog
+from audit.stage import AuditStage, transport_refusal_recorder
+from gateway.pipeline import Pipeline, RequestContext, Stage
 from gateway.problems import install_error_handlers
 from gateway.respond import InferRespondStage, RankRespondStage
 from gateway.settings import Settings
@@ -42,6 +45,7 @@ class Components:
     ranker: Ranker | None
     features: FeatureStore | None
     http: httpx.AsyncClient
+    audit: AuditLog | None = None
     clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
@@ -57,12 +61,7 @@ class Components:
         )
 
     def pipeline(self, name: str) -> Pipeline:
-        found = self.pipelines.get(name)
-        if found is None:
-            raise ModelNotReady(
-                "the model is not loaded", log_cause="; ".join(self.not_ready.values())
-            )
-        return found
+        return self.pipelines[name]
 
 
 def components_of(request: Request) -> Components:
@@ -184,14 +183,23 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         components.not_ready["model"] = str(exc)
         log.error("model %s not loaded: %s", settings.model.name, exc)
     metrics.model_ready.labels(settings.model.name).set(0 if components.not_ready else 1)
+    if settings.audit.enabled:
+        components.audit = open_audit_log(settings, clock=clock)
+    else:
+        log.warning("AUDIT LOG DISABLED (dev mode): requests are not recorded")
     _build_pipelines(components)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if components.audit is not None:
+            components.audit.start_publisher(settings.audit.checkpoint_interval_s)
         yield
         await http.aclose()
         if components.ranker is not None:
             components.ranker.close()
+        if components.audit is not None:
+            await components.audit.close()
+            components.audit.store.close()
 
     app = FastAPI(
         title="Secure model gateway",
@@ -202,17 +210,32 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     )
     app.state.components = components
     install_error_handlers(app)
-    from gateway.routes import health, oauth, oip, rank
+    from gateway.routes import audit, health, oauth, oip, rank
 
-    for router in (rank.router, oip.router, oauth.router, health.router):
+    for router in (rank.router, oip.router, audit.router, oauth.router, health.router):
         app.include_router(router)
     app.add_middleware(
         TransportMiddleware,
         metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes,
         timeout_s=settings.limits.request_timeout_s,
+        on_refusal=(
+            transport_refusal_recorder(components.audit, clock) if components.audit else None
+        ),
     )
     return app
+
+
+class ModelNotLoadedStage:
+    """Stage 6 stand-in while the model is not loaded: refuse, after authn and audit."""
+
+    name = "rank"
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        raise ModelNotReady("the model is not loaded", log_cause=self._reason)
 
 
 def _build_pipelines(c: Components) -> None:
@@ -220,29 +243,27 @@ def _build_pipelines(c: Components) -> None:
     authn = AuthenticateStage(c.validator)
     authz = ScopeAuthorizeStage()
     observe = c.metrics.observe_stage
-    # Model metadata needs a caller with the infer scope but no loaded model to be refused.
-    c.pipelines["model.read"] = Pipeline([authn, authz], observe=observe)
+    final = [AuditStage(c.audit, c.clock)] if c.audit is not None else []
+
+    def pipeline(*stages: Stage) -> Pipeline:
+        return Pipeline([authn, authz, *stages], final=final, observe=observe)
+
+    for action in ("model.read", "audit.read", "audit.export", "admin"):
+        c.pipelines[action] = pipeline()
     if c.ranker is None or c.features is None:
+        missing = ModelNotLoadedStage("; ".join(c.not_ready.values()))
+        c.pipelines["rank"] = pipeline(missing)
+        c.pipelines["infer"] = pipeline(missing)
         return
-    c.pipelines["rank"] = Pipeline(
-        [
-            authn,
-            authz,
-            RankDecodeStage(
-                max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
-            ),
-            RankStage(c.ranker, c.features),
-            RankRespondStage(),
-        ],
-        observe=observe,
+    c.pipelines["rank"] = pipeline(
+        RankDecodeStage(
+            max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
+        ),
+        RankStage(c.ranker, c.features),
+        RankRespondStage(),
     )
-    c.pipelines["infer"] = Pipeline(
-        [
-            authn,
-            authz,
-            InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
-            InferStage(c.ranker),
-            InferRespondStage(c.ranker.outputs),
-        ],
-        observe=observe,
+    c.pipelines["infer"] = pipeline(
+        InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
+        InferStage(c.ranker),
+        InferRespondStage(c.ranker.outputs),
     )

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigurationError
+from audit.keys import create_audit_keys
 from models.demo import install_demo
 from security.issuer import create_signing_key
 from security.secrets import hash_secret, new_secret
 
 CONFIG_NAME = "gateway.toml"
 SIGNING_KEY = "keys/issuer-signing-key.pem"
+AUDIT_SIGNING_KEY = "keys/audit-log.key"
+AUDIT_KEK = "keys/audit-kek.bin"
 DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
     "demo": ("rank", "infer"),
-    "operator": ("rank", "infer", "admin"),
+    "operator": ("rank", "infer", "admin", "audit:read", "audit:export"),
 }
 
 
@@ -93,6 +96,10 @@ def init_data_dir(data_dir: Path) -> InitReport:
             text, secret_files = _default_config(data_dir, secrets_dir)
             _write_private(config, text)
             created.append(str(config))
+        created += [
+            str(p)
+            for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)
+        ]
         demo = install_demo(data_dir)
         if demo.created:
             created.append(str(demo.model))

@@ -151,6 +151,14 @@ class RequestTimeout(GatewayError):
     title = "The request did not complete in time"
 
 
+class AuditUnavailable(GatewayError):
+    """The audit record could not be made durable, so the request is refused (fail closed)."""
+
+    status = 503
+    slug = "audit-unavailable"
+    title = "The request could not be audited"
+
+
 class ModelNotReady(GatewayError):
     status = 503
     slug = "model-not-ready"

@@ -85,6 +85,8 @@ class RequestContext:
     body: bytes = b""
     received_at: float = 0.0
     principal: Principal | None = None
+    # The policy ids that decided stage 2 (the spine: "scope:<name>").
+    authorization: tuple[str, ...] | None = None
     payload: Any = None
     model: ModelRef | None = None
     result: Any = None

@@ -104,6 +104,20 @@ class Limits(_Frozen):
     request_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class AuditSettings(_Frozen):
+    # Turning the audit log off is for benchmarks and development only (dev_mode).
+    enabled: bool = True
+    # SQLite file (relative to the data directory) unless a PostgreSQL DSN is given.
+    sqlite_path: str = "audit/audit.db"
+    postgres_dsn: SecretStr | None = None
+    signing_key_file: str = "keys/audit-log.key"
+    kek_file: str = "keys/audit-kek.bin"
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    max_batch: int = Field(default=1024, ge=1, le=100_000)
+    # None keeps record payloads forever; the policy bundle takes this over later.
+    retention_days: int | None = Field(default=None, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -124,6 +138,7 @@ class Settings(BaseSettings):
     issuer: IssuerSettings = IssuerSettings()
     model: ModelSettings = ModelSettings()
     limits: Limits = Limits()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -155,6 +170,8 @@ class Settings(BaseSettings):
         """Placeholder secrets are for dev mode only."""
         if self.dev_mode:
             return
+        if not self.audit.enabled:
+            raise ConfigurationError("audit.enabled = false is accepted only in dev mode")
         if self.secret_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError(
                 "secret_key is a placeholder; run `gateway init` or set GATEWAY_SECRET_KEY "

@@ -10,6 +10,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
 from gateway.metrics import Metrics
 from gateway.problems import render
+
+# Called for refusals the middleware itself answers (413, timeouts), so they are audited too.
+RefusalHook = Callable[[str, str, GatewayError], Awaitable[None]]
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
@@ -27,9 +31,16 @@ def new_request_id() -> str:
 
 class TransportMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        timeout_s: float,
+        on_refusal: RefusalHook | None = None,
     ) -> None:
         self.app = app
+        self.on_refusal = on_refusal
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.timeout = timeout_s
@@ -110,6 +121,8 @@ class TransportMiddleware:
 
     async def _send_error(self, error: GatewayError, scope: Scope, send: Send) -> None:
         state: dict[str, Any] = scope.get("state", {})
+        if self.on_refusal is not None:
+            await self.on_refusal(state.get("request_id", ""), scope["path"], error)
         status, headers, body = render(error, scope["path"], state.get("request_id"))
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))

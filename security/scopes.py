@@ -13,6 +13,8 @@ ACTION_SCOPES: Mapping[str, str] = {
     "infer": "infer",
     "model.read": "infer",
     "admin": "admin",
+    "audit.read": "audit:read",
+    "audit.export": "audit:export",
 }
 
 
@@ -31,4 +33,4 @@ class ScopeAuthorizeStage:
             raise InternalError(log_cause=f"no scope mapped for action {ctx.action!r}")
         if required not in ctx.principal.scopes:
             raise InsufficientScope(required)
-        return ctx
+        return ctx.evolve(authorization=(f"scope:{required}",))

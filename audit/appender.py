@@ -1,0 +1,77 @@
+"""Group commit: many concurrent requests share one durable write.
+
+Requests put their record in a queue and wait. One writer thread takes
+everything queued, appends it in one transaction (one fsync) and wakes every
+waiter with its leaf index. While a write is in flight the next batch gathers,
+so the batch size grows with load by itself and no timer adds latency at low
+load. A failed write fails every request in the batch (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from audit.store import AuditStore, PendingRecord, StoreError
+
+
+class AppendFailed(Exception):
+    """The record could not be made durable."""
+
+
+class Appender:
+    def __init__(self, store: AuditStore, *, max_batch: int = 1024) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: list[tuple[PendingRecord, asyncio.Future[int]]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self.batches = 0
+
+    async def append(self, record: PendingRecord) -> int:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="audit-appender")
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append((record, future))
+        assert self._wakeup is not None  # noqa: S101 - set just above
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None  # noqa: S101
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                records = [record for record, _ in batch]
+                try:
+                    first = await loop.run_in_executor(
+                        self._executor, self._store.append_batch, records
+                    )
+                except StoreError as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(AppendFailed(str(exc)))
+                    continue
+                self.batches += 1
+                for offset, (_, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(first + offset)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            # Let queued records finish: a record a client was promised must not be dropped.
+            while self._pending:
+                await asyncio.sleep(0.001)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,37 @@
+"""Build the audit log a configuration asks for (SQLite by default, PostgreSQL with a DSN)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from audit.keys import handle_key, load_kek, load_signer
+from audit.log import AuditLog
+from audit.sqlite_store import SqliteAuditStore
+from audit.store import AuditStore, StoreError
+from audit.subjects import SubjectKeys
+from gateway.errors import ConfigurationError
+from gateway.settings import Settings
+
+
+def open_store(settings: Settings) -> AuditStore:
+    cfg = settings.audit
+    try:
+        if cfg.postgres_dsn is not None:
+            from audit.postgres_store import PostgresAuditStore  # noqa: PLC0415 - optional backend
+
+            return PostgresAuditStore(cfg.postgres_dsn.get_secret_value())
+        return SqliteAuditStore(settings.resolve(cfg.sqlite_path))
+    except StoreError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time) -> AuditLog:
+    cfg = settings.audit
+    signer = load_signer(settings.resolve(cfg.signing_key_file))
+    kek = load_kek(settings.resolve(cfg.kek_file))
+    store = open_store(settings)
+    subjects = SubjectKeys(
+        store, kek=kek, handle_key=handle_key(settings.secret_key.get_secret_value().encode())
+    )
+    return AuditLog(store, signer=signer, subject_keys=subjects, clock=clock, max_batch=cfg.max_batch)

@@ -1,0 +1,60 @@
+"""The audit log's own keys: the checkpoint signing key and the local key-encryption key."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from audit.checkpoint import CheckpointError, NoteSigner
+from gateway.errors import ConfigurationError
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def create_audit_keys(signing_key: Path, kek: Path) -> list[Path]:
+    """Create whichever of the two keys is missing; never overwrite one."""
+    created = []
+    if not signing_key.exists():
+        # The origin names this log uniquely, so checkpoints of two logs never mix.
+        signer = NoteSigner.generate(f"gateway-audit-{secrets.token_hex(6)}")
+        _write_private(signing_key, signer.signer_key().encode() + b"\n")
+        created.append(signing_key)
+    if not kek.exists():
+        _write_private(kek, secrets.token_bytes(32))
+        created.append(kek)
+    return created
+
+
+def load_signer(path: Path) -> NoteSigner:
+    try:
+        return NoteSigner.from_signer_key(path.read_text().strip())
+    except FileNotFoundError:
+        raise ConfigurationError(f"audit signing key not found at {path}; run `gateway init`") from None
+    except (CheckpointError, ValueError) as exc:
+        raise ConfigurationError(f"audit signing key at {path} is unreadable: {exc}") from exc
+
+
+def load_kek(path: Path) -> bytes:
+    try:
+        kek = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigurationError(f"audit key-encryption key not found at {path}; run `gateway init`") from None
+    if len(kek) != 32:
+        raise ConfigurationError(f"audit key-encryption key at {path} must be 32 bytes")
+    return kek
+
+
+def handle_key(secret_key: bytes) -> bytes:
+    """The key that turns subject ids into store handles, derived from the gateway secret."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway-audit-subject-handle"
+    ).derive(secret_key)

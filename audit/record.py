@@ -1,0 +1,96 @@
+"""The audit record: versioned, canonical bytes (sorted keys, no whitespace, UTF-8, no floats).
+
+Leaves commit to these bytes. Nothing personal appears in clear: the data
+subject is a keyed pseudonym that dies with the subject's key, and anything
+personal that must be kept is sealed under that key (see audit.subjects).
+Fields that later stages fill (policy bundle, consent, PII counts, inspection,
+variant) are present as null until those stages exist; nothing is invented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+RECORD_VERSION = 1
+
+KIND_REQUEST = "request"
+KIND_ERASURE = "erasure"
+KIND_RETENTION = "retention"
+KIND_CHECKPOINT_REFUSED = "checkpoint-refused"
+
+
+class RecordError(Exception):
+    """A stored payload is not a valid audit record."""
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """Deterministic bytes: the same record always hashes the same."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def parse(payload: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"record is not JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("v") != RECORD_VERSION:
+        raise RecordError("record has no supported version")
+    if canonical(record) != payload:
+        raise RecordError("record bytes are not canonical")
+    return record
+
+
+def decision_for(status: int) -> str:
+    if status < 400:
+        return "allow"
+    if status in (401, 403):
+        return "deny"
+    if status < 500:
+        return "refuse"
+    return "error"
+
+
+def request_record(
+    *,
+    ts_ms: int,
+    request_id: str,
+    route: str,
+    action: str,
+    client_id: str | None,
+    issuer: str | None,
+    subject: str | None,
+    status: int,
+    outcome: str,
+    policy_ids: list[str],
+    model: dict[str, Any] | None,
+    latency_us: int,
+    sealed: dict[str, str] | None,
+) -> dict[str, Any]:
+    return {
+        "v": RECORD_VERSION,
+        "kind": KIND_REQUEST,
+        "ts_ms": ts_ms,
+        "request_id": request_id,
+        "route": route,
+        "action": action,
+        "client_id": client_id,
+        "issuer": issuer,
+        "subject": subject,
+        "decision": decision_for(status),
+        "policy_ids": policy_ids,
+        "policy_bundle": None,
+        "consent": None,
+        "pii": None,
+        "inspection": None,
+        "model": model,
+        "status": status,
+        "outcome": outcome,
+        "latency_us": latency_us,
+        "sealed": sealed,
+    }
+
+
+def event_record(kind: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
+    return {"v": RECORD_VERSION, "kind": kind, "ts_ms": ts_ms, "request_id": None, **fields}

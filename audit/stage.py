@@ -1,0 +1,85 @@
+"""Stage 8: one audit record per request, allowed or refused, durable before the response."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from audit.appender import AppendFailed
+from audit.log import AuditLog
+from audit.record import request_record
+from audit.store import StoreError
+from audit.subjects import SubjectKeyError, SubjectKeys
+from gateway.errors import AuditUnavailable, GatewayError
+from gateway.pipeline import RankQuery, RequestContext
+
+log = logging.getLogger("gateway.audit")
+
+
+class AuditStage:
+    name = "audit"
+
+    def __init__(self, audit_log: AuditLog, clock: Callable[[], float]) -> None:
+        self._log = audit_log
+        self._clock = clock
+
+    async def __call__(self, ctx: RequestContext, error: GatewayError | None) -> None:
+        now = self._clock()
+        principal = ctx.principal
+        subject = sealed = None
+        query = ctx.payload
+        if isinstance(query, RankQuery):
+            tenant = principal.tenant if principal else None
+            try:
+                key = await self._log.subject_key(tenant, query.user_id)
+            except (StoreError, SubjectKeyError) as exc:
+                # Fail closed: a request whose subject cannot be recorded is refused.
+                raise AuditUnavailable(log_cause=f"subject key: {exc}") from exc
+            subject = key.pseudonym
+            sealed = SubjectKeys.seal(key, ctx.request_id, {"user_id": query.user_id})
+        model = ctx.model
+        record = request_record(
+            ts_ms=int(now * 1000),
+            request_id=ctx.request_id,
+            route=ctx.route,
+            action=ctx.action,
+            client_id=principal.client_id if principal else None,
+            issuer=principal.issuer if principal else None,
+            subject=subject,
+            status=error.status if error else 200,
+            outcome=error.slug if error else "ok",
+            policy_ids=list(ctx.authorization or ()),
+            model=(
+                {"name": model.name, "version": model.version, "digest": model.digest,
+                 "variant": None}
+                if model else None
+            ),
+            latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
+            sealed=sealed,
+        )
+        try:
+            await self._log.append(record)
+        except AppendFailed as exc:
+            raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
+
+
+def transport_refusal_recorder(
+    audit_log: AuditLog, clock: Callable[[], float]
+) -> Callable[[str, str, GatewayError], Awaitable[None]]:
+    """Audit refusals answered by the transport layer (oversized body, timeout)."""
+
+    async def record(request_id: str, path: str, error: GatewayError) -> None:
+        now = clock()
+        try:
+            await audit_log.append(
+                request_record(
+                    ts_ms=int(now * 1000), request_id=request_id, route=path, action="transport",
+                    client_id=None, issuer=None, subject=None, status=error.status,
+                    outcome=error.slug, policy_ids=[], model=None, latency_us=0, sealed=None,
+                )
+            )
+        except AppendFailed as exc:
+            # The client is refused either way; the failure to audit must reach operators.
+            log.error("transport refusal %s not audited: %s", request_id, exc)
+
+    return record

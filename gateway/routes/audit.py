@@ -1,0 +1,132 @@
+"""The audit log's read API: checkpoints, proofs, records (scope `audit:read`).
+
+Reading the audit log is itself audited (each route runs a pipeline with the
+audit stage). Hashes are standard base64, as in the checkpoint format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from audit.log import AuditLog, CheckpointRefused
+from audit.store import StoredCheckpoint, StoreError
+from gateway.app import Components, components_of
+from gateway.errors import InternalError, InvalidRequest, NotFound
+from gateway.routes._json import json_response
+
+router = APIRouter(prefix="/v1/audit")
+
+NOTE_MEDIA_TYPE = "text/plain; charset=utf-8"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+async def _authorize(request: Request, action: str) -> tuple[Components, AuditLog, frozenset[str]]:
+    components = components_of(request)
+    ctx = await components.pipeline(action).run(components.context(request, action))
+    if components.audit is None:
+        raise NotFound("the audit log is disabled")
+    scopes = ctx.principal.scopes if ctx.principal else frozenset()
+    return components, components.audit, scopes
+
+
+async def _checkpoint_covering(audit_log: AuditLog, size: int) -> StoredCheckpoint:
+    """The latest checkpoint, or a fresh one when a record is newer than it."""
+    try:
+        latest = await asyncio.to_thread(audit_log.store.latest_checkpoint)
+        if latest is None or latest.size < size:
+            latest = await asyncio.to_thread(audit_log.publish_checkpoint)
+    except CheckpointRefused as exc:
+        # The log refuses to sign a fork: an operator must look, the client cannot fix it.
+        raise InternalError(log_cause=f"checkpoint refused: {exc}") from exc
+    return latest
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest(f"{name}: must be a non-negative integer")
+    return int(raw)
+
+
+@router.get("/checkpoint", summary="Latest signed checkpoint, C2SP signed note (audit:read)")
+async def checkpoint(request: Request) -> Response:
+    _, audit_log, _ = await _authorize(request, "audit.read")
+    latest = await _checkpoint_covering(audit_log, 0)
+    return Response(latest.note, media_type=NOTE_MEDIA_TYPE)
+
+
+@router.post("/checkpoint", summary="Publish a checkpoint now (admin)")
+async def publish(request: Request) -> Response:
+    _, audit_log, _ = await _authorize(request, "admin")
+    size = await asyncio.to_thread(audit_log.store.size)
+    latest = await _checkpoint_covering(audit_log, size)
+    return Response(latest.note, media_type=NOTE_MEDIA_TYPE)
+
+
+@router.get("/records/{request_id}", summary="A record by request id (audit:read)")
+async def record(request: Request, request_id: str) -> Response:
+    _, audit_log, scopes = await _authorize(request, "audit.read")
+    index = await asyncio.to_thread(audit_log.store.index_of, request_id)
+    if index is None:
+        raise NotFound("no audit record for this request id")
+    leaf = await asyncio.to_thread(audit_log.store.leaf, index)
+    body: dict[str, object] = {"index": index, "leaf_hash": _b64(leaf.leaf_hash)}
+    if leaf.payload is None:
+        body["purged"] = True
+    else:
+        # Sealed personal fields open only for callers who may export personal data.
+        unseal = "audit:export" in scopes
+        body["record"] = await asyncio.to_thread(audit_log.open_record, leaf.payload, unseal=unseal)
+    return json_response(body)
+
+
+@router.get("/proofs/inclusion", summary="Inclusion proof for a record (audit:read)")
+async def inclusion(request: Request) -> Response:
+    _, audit_log, _ = await _authorize(request, "audit.read")
+    request_id = request.query_params.get("request_id")
+    index = _int_param(request, "index")
+    if (request_id is None) == (index is None):
+        raise InvalidRequest("give exactly one of request_id or index")
+    if request_id is not None:
+        index = await asyncio.to_thread(audit_log.store.index_of, request_id)
+        if index is None:
+            raise NotFound("no audit record for this request id")
+    assert index is not None  # noqa: S101 - one of the two branches set it
+    size = await asyncio.to_thread(audit_log.store.size)
+    if index >= size:
+        raise NotFound(f"no audit record at index {index}")
+    cp = await _checkpoint_covering(audit_log, index + 1)
+    proof = await asyncio.to_thread(audit_log.inclusion, index, cp)
+    return json_response({
+        "index": proof.index,
+        "tree_size": proof.size,
+        "leaf_hash": _b64(proof.leaf_hash),
+        "proof": [_b64(h) for h in proof.proof],
+        "checkpoint": cp.note.decode(),
+    })
+
+
+@router.get("/proofs/consistency", summary="Consistency proof between two sizes (audit:read)")
+async def consistency(request: Request) -> Response:
+    _, audit_log, _ = await _authorize(request, "audit.read")
+    first, second = _int_param(request, "first"), _int_param(request, "second")
+    if first is None or second is None:
+        raise InvalidRequest("first and second are required")
+    size = await asyncio.to_thread(audit_log.store.size)
+    if not 0 < first <= second <= size:
+        raise InvalidRequest(f"need 0 < first <= second <= {size}")
+    try:
+        proof = await asyncio.to_thread(audit_log.consistency, first, second)
+    except StoreError as exc:
+        raise InternalError(log_cause=str(exc)) from exc
+    return json_response({"first": first, "second": second, "proof": [_b64(h) for h in proof]})

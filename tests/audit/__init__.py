@@ -1,0 +1,1 @@
+"""Tests for the audit log: Merkle math, checkpoints."""
