@@ -20,7 +20,9 @@ def open_store(settings: Settings) -> AuditStore:
         if cfg.postgres_dsn is not None:
             from audit.postgres_store import PostgresAuditStore  # noqa: PLC0415 - optional backend
 
-            return PostgresAuditStore(cfg.postgres_dsn.get_secret_value())
+            return PostgresAuditStore(
+                cfg.postgres_dsn.get_secret_value(), schema=cfg.postgres_schema
+            )
         return SqliteAuditStore(settings.resolve(cfg.sqlite_path))
     except StoreError as exc:
         raise ConfigurationError(str(exc)) from exc

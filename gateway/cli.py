@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Inspect served models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+audit_app = typer.Typer(help="Verify, checkpoint and export the audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 DataDirOpt = Annotated[
     Path | None,
@@ -139,6 +141,60 @@ def models_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     except FileNotFoundError:
         raise ConfigurationError(f"model file not found: {path}; run `gateway init`") from None
     typer.echo(f"{settings.model.name}\t{settings.model.version}\tsha256:{digest}\t{path}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output")] = False,
+) -> None:
+    """Re-hash every record, check every node, checkpoint signature and consistency."""
+    from audit.factory import open_audit_log  # noqa: PLC0415
+    from audit.verify import LogDamaged, verify_store  # noqa: PLC0415
+
+    settings = _settings(data_dir, config)
+    audit_log = open_audit_log(settings)
+
+    def progress(done: int, total: int) -> None:
+        if not quiet and total:
+            typer.echo(f"verified {done}/{total} records", err=True)
+
+    try:
+        report = verify_store(audit_log.store, audit_log.verifier, progress=progress)
+    except LogDamaged as exc:
+        typer.echo(f"error: audit log damaged: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        audit_log.store.close()
+    typer.echo(
+        f"ok: {report.size} records, {report.checkpoints} checkpoints, "
+        f"{report.purged_payloads} payloads purged by retention; origin {audit_log.origin}"
+    )
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Publish a signed checkpoint of the current log now and print it."""
+    from audit.factory import open_audit_log  # noqa: PLC0415
+    from audit.log import CheckpointRefused  # noqa: PLC0415
+
+    audit_log = open_audit_log(_settings(data_dir, config))
+    try:
+        typer.echo(audit_log.publish_checkpoint().note.decode(), nl=False)
+    except CheckpointRefused as exc:
+        raise ConfigurationError(f"checkpoint refused: {exc}") from exc
+    finally:
+        audit_log.store.close()
+
+
+@audit_app.command("pubkey")
+def audit_pubkey(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Print the verifier key auditors need (C2SP/sumdb note verifier key format)."""
+    from audit.keys import load_signer  # noqa: PLC0415
+
+    settings = _settings(data_dir, config)
+    typer.echo(load_signer(settings.resolve(settings.audit.signing_key_file)).verifier_key())
 
 
 def main(argv: list[str] | None = None) -> int:

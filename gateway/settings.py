@@ -110,6 +110,7 @@ class AuditSettings(_Frozen):
     # SQLite file (relative to the data directory) unless a PostgreSQL DSN is given.
     sqlite_path: str = "audit/audit.db"
     postgres_dsn: SecretStr | None = None
+    postgres_schema: str = Field(default="gateway_audit", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     signing_key_file: str = "keys/audit-log.key"
     kek_file: str = "keys/audit-kek.bin"
     checkpoint_interval_s: float = Field(default=10.0, gt=0)

@@ -1,1 +1,0 @@
-"""Tests for the audit log: Merkle math, checkpoints."""
