@@ -10,12 +10,13 @@ load. A failed write fails every request in the batch (fail closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 from audit.store import AuditStore, PendingRecord, StoreError
 
 
-class AppendFailed(Exception):
+class AppendFailed(Exception):  # noqa: N818 - named for the event
     """The record could not be made durable."""
 
 
@@ -70,8 +71,6 @@ class Appender:
             while self._pending:
                 await asyncio.sleep(0.001)
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True)

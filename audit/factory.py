@@ -18,7 +18,7 @@ def open_store(settings: Settings) -> AuditStore:
     cfg = settings.audit
     try:
         if cfg.postgres_dsn is not None:
-            from audit.postgres_store import PostgresAuditStore  # noqa: PLC0415 - optional backend
+            from audit.postgres_store import PostgresAuditStore
 
             return PostgresAuditStore(
                 cfg.postgres_dsn.get_secret_value(), schema=cfg.postgres_schema
@@ -36,4 +36,6 @@ def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time
     subjects = SubjectKeys(
         store, kek=kek, handle_key=handle_key(settings.secret_key.get_secret_value().encode())
     )
-    return AuditLog(store, signer=signer, subject_keys=subjects, clock=clock, max_batch=cfg.max_batch)
+    return AuditLog(
+        store, signer=signer, subject_keys=subjects, clock=clock, max_batch=cfg.max_batch
+    )

@@ -38,7 +38,9 @@ def load_signer(path: Path) -> NoteSigner:
     try:
         return NoteSigner.from_signer_key(path.read_text().strip())
     except FileNotFoundError:
-        raise ConfigurationError(f"audit signing key not found at {path}; run `gateway init`") from None
+        raise ConfigurationError(
+            f"audit signing key not found at {path}; run `gateway init`"
+        ) from None
     except (CheckpointError, ValueError) as exc:
         raise ConfigurationError(f"audit signing key at {path} is unreadable: {exc}") from exc
 
@@ -47,7 +49,9 @@ def load_kek(path: Path) -> bytes:
     try:
         kek = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigurationError(f"audit key-encryption key not found at {path}; run `gateway init`") from None
+        raise ConfigurationError(
+            f"audit key-encryption key not found at {path}; run `gateway init`"
+        ) from None
     if len(kek) != 32:
         raise ConfigurationError(f"audit key-encryption key at {path} must be 32 bytes")
     return kek

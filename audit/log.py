@@ -8,13 +8,14 @@ and CLI; `record_request` is the hot path and only awaits the group commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from audit.appender import Appender
+from audit.appender import Appender, AppendFailed
 from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
 from audit.merkle import (
     Frontier,
@@ -71,6 +72,7 @@ class AuditLog:
         self._clock = clock
         self._appender = Appender(store, max_batch=max_batch)
         self._publisher: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     # -- appending -----------------------------------------------------------
 
@@ -95,12 +97,11 @@ class AuditLog:
         return await self._appender.append(pending)
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-            try:
-                await self._publisher
-            except asyncio.CancelledError:
-                pass
+        for task in (self._publisher, self._retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._appender.close()
 
     # -- checkpoints ---------------------------------------------------------
@@ -123,7 +124,9 @@ class AuditLog:
                 proof = consistency_proof(last.size, size, self.store.node) if last.size else []
                 verify_consistency(last.size, size, last.root, root, proof)
             except (ProofError, StoreError) as exc:
-                raise CheckpointRefused(f"head inconsistent with checkpoint {last.size}: {exc}") from exc
+                raise CheckpointRefused(
+                    f"head inconsistent with checkpoint {last.size}: {exc}"
+                ) from exc
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         stored = StoredCheckpoint(size=size, root=root, note=note, created_ms=self.now_ms())
         self.store.add_checkpoint(stored)
@@ -143,6 +146,24 @@ class AuditLog:
         if self._publisher is None:
             self._publisher = asyncio.get_running_loop().create_task(loop(), name="checkpoints")
 
+    def start_retention(self, retention_days: int, interval_s: float = 3600.0) -> None:
+        """Purge payloads older than the retention period now and then every interval."""
+
+        async def loop() -> None:
+            while True:
+                cutoff = self.now_ms() - retention_days * 86_400_000
+                try:
+                    if await asyncio.to_thread(self._first_index_at_or_after, cutoff) > (
+                        await asyncio.to_thread(self.store.purged_below)
+                    ):
+                        await self.purge_before(cutoff)
+                except (StoreError, AppendFailed) as exc:
+                    log.error("retention purge failed: %s", exc)
+                await asyncio.sleep(interval_s)
+
+        if self._retention is None:
+            self._retention = asyncio.get_running_loop().create_task(loop(), name="retention")
+
     # -- proofs --------------------------------------------------------------
 
     def inclusion(self, index: int, checkpoint: StoredCheckpoint) -> Inclusion:
@@ -156,7 +177,7 @@ class AuditLog:
     # -- reading -------------------------------------------------------------
 
     def open_record(self, payload: bytes, *, unseal: bool) -> dict[str, Any]:
-        """The record as JSON; sealed fields opened when allowed, marked erased when the key is gone."""
+        """The record as JSON; sealed fields opened if allowed, "erased" once the key is gone."""
         record = parse(payload)
         sealed = record.get("sealed")
         if not unseal or not isinstance(sealed, dict):

@@ -50,9 +50,14 @@ class AuditStage:
             outcome=error.slug if error else "ok",
             policy_ids=list(ctx.authorization or ()),
             model=(
-                {"name": model.name, "version": model.version, "digest": model.digest,
-                 "variant": None}
-                if model else None
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "digest": model.digest,
+                    "variant": None,
+                }
+                if model
+                else None
             ),
             latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
             sealed=sealed,
@@ -73,9 +78,19 @@ def transport_refusal_recorder(
         try:
             await audit_log.append(
                 request_record(
-                    ts_ms=int(now * 1000), request_id=request_id, route=path, action="transport",
-                    client_id=None, issuer=None, subject=None, status=error.status,
-                    outcome=error.slug, policy_ids=[], model=None, latency_us=0, sealed=None,
+                    ts_ms=int(now * 1000),
+                    request_id=request_id,
+                    route=path,
+                    action="transport",
+                    client_id=None,
+                    issuer=None,
+                    subject=None,
+                    status=error.status,
+                    outcome=error.slug,
+                    policy_ids=[],
+                    model=None,
+                    latency_us=0,
+                    sealed=None,
                 )
             )
         except AppendFailed as exc:

@@ -106,7 +106,9 @@ def _verify(store: AuditStore, verifier: NoteVerifier, progress: Progress) -> Ve
         if cp.size != stored.size or cp.root != stored.root:
             raise LogDamaged(stored.size, "forged checkpoint", "note disagrees with its row")
         if cp.size > size:
-            raise LogDamaged(size, "truncated log", f"checkpoint at {cp.size} beyond {size} records")
+            raise LogDamaged(
+                size, "truncated log", f"checkpoint at {cp.size} beyond {size} records"
+            )
         if cp.size and roots.get(cp.size) != cp.root:
             raise LogDamaged(cp.size, "inconsistent checkpoint", "root differs from the log's")
         if previous is not None and previous.size:

@@ -12,12 +12,12 @@ import httpx
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from gateway.decode import InferDecodeStage, RankDecodeStage
-from gateway.errors import ConfigurationError, ModelNotReady
-from gateway.metrics import Metrics
 from audit.factory import open_audit_log
 from audit.log import AuditLog
 from audit.stage import AuditStage, transport_refusal_recorder
+from gateway.decode import InferDecodeStage, RankDecodeStage
+from gateway.errors import ConfigurationError, ModelNotReady
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext, Stage
 from gateway.problems import install_error_handlers
 from gateway.respond import InferRespondStage, RankRespondStage
@@ -193,6 +193,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if components.audit is not None:
             components.audit.start_publisher(settings.audit.checkpoint_interval_s)
+            if settings.audit.retention_days is not None:
+                components.audit.start_retention(settings.audit.retention_days)
         yield
         await http.aclose()
         if components.ranker is not None:

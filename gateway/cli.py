@@ -150,8 +150,8 @@ def audit_verify(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output")] = False,
 ) -> None:
     """Re-hash every record, check every node, checkpoint signature and consistency."""
-    from audit.factory import open_audit_log  # noqa: PLC0415
-    from audit.verify import LogDamaged, verify_store  # noqa: PLC0415
+    from audit.factory import open_audit_log
+    from audit.verify import LogDamaged, verify_store
 
     settings = _settings(data_dir, config)
     audit_log = open_audit_log(settings)
@@ -176,8 +176,8 @@ def audit_verify(
 @audit_app.command("checkpoint")
 def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Publish a signed checkpoint of the current log now and print it."""
-    from audit.factory import open_audit_log  # noqa: PLC0415
-    from audit.log import CheckpointRefused  # noqa: PLC0415
+    from audit.factory import open_audit_log
+    from audit.log import CheckpointRefused
 
     audit_log = open_audit_log(_settings(data_dir, config))
     try:
@@ -188,10 +188,68 @@ def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> N
         audit_log.store.close()
 
 
+@audit_app.command("purge")
+def audit_purge(
+    older_than_days: Annotated[
+        int | None, typer.Option(min=1, help="Default: audit.retention_days from the config")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete record payloads past retention; leaf hashes and proofs stay; the purge is logged."""
+    import asyncio
+
+    from audit.factory import open_audit_log
+
+    settings = _settings(data_dir, config)
+    days = older_than_days or settings.audit.retention_days
+    if days is None:
+        raise ConfigurationError(
+            "no retention period: pass --older-than-days or set audit.retention_days"
+        )
+    audit_log = open_audit_log(settings)
+
+    async def purge() -> int:
+        try:
+            return await audit_log.purge_before(audit_log.now_ms() - days * 86_400_000)
+        finally:
+            await audit_log.close()
+            audit_log.store.close()
+
+    typer.echo(f"purged {asyncio.run(purge())} record payloads older than {days} days")
+
+
+@audit_app.command("erase")
+def audit_erase(
+    subject: Annotated[str, typer.Option("--subject", help="The data subject's user id")],
+    tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Crypto-shred a data subject's key and log the erasure; the log stays verifiable."""
+    import asyncio
+
+    from audit.factory import open_audit_log
+
+    audit_log = open_audit_log(_settings(data_dir, config))
+
+    async def erase() -> bool:
+        try:
+            return await audit_log.erase_subject(tenant, subject)
+        finally:
+            await audit_log.close()
+            audit_log.store.close()
+
+    existed = asyncio.run(erase())
+    typer.echo(
+        "erased: subject key destroyed" if existed else "no key for this subject; erasure logged"
+    )
+
+
 @audit_app.command("pubkey")
 def audit_pubkey(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Print the verifier key auditors need (C2SP/sumdb note verifier key format)."""
-    from audit.keys import load_signer  # noqa: PLC0415
+    from audit.keys import load_signer
 
     settings = _settings(data_dir, config)
     typer.echo(load_signer(settings.resolve(settings.audit.signing_key_file)).verifier_key())

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import ConfigurationError
 from audit.keys import create_audit_keys
+from gateway.errors import ConfigurationError
 from models.demo import install_demo
 from security.issuer import create_signing_key
 from security.secrets import hash_secret, new_secret
@@ -97,8 +97,7 @@ def init_data_dir(data_dir: Path) -> InitReport:
             _write_private(config, text)
             created.append(str(config))
         created += [
-            str(p)
-            for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)
+            str(p) for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)
         ]
         demo = install_demo(data_dir)
         if demo.created:

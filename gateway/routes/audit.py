@@ -107,13 +107,15 @@ async def inclusion(request: Request) -> Response:
         raise NotFound(f"no audit record at index {index}")
     cp = await _checkpoint_covering(audit_log, index + 1)
     proof = await asyncio.to_thread(audit_log.inclusion, index, cp)
-    return json_response({
-        "index": proof.index,
-        "tree_size": proof.size,
-        "leaf_hash": _b64(proof.leaf_hash),
-        "proof": [_b64(h) for h in proof.proof],
-        "checkpoint": cp.note.decode(),
-    })
+    return json_response(
+        {
+            "index": proof.index,
+            "tree_size": proof.size,
+            "leaf_hash": _b64(proof.leaf_hash),
+            "proof": [_b64(h) for h in proof.proof],
+            "checkpoint": cp.note.decode(),
+        }
+    )
 
 
 @router.get("/proofs/consistency", summary="Consistency proof between two sizes (audit:read)")
