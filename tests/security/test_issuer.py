@@ -256,7 +256,9 @@ def test_authorization_server_metadata(
         "client_secret_basic",
         "client_secret_post",
     }
-    assert set(metadata["scopes_supported"]) == {"rank", "infer", "admin"}
+    assert set(metadata["scopes_supported"]) == {
+        "rank", "infer", "admin", "audit:read", "audit:export"
+    }
 
 
 def test_jwks_holds_only_public_members(jwks: dict[str, Any]) -> None:
