@@ -182,7 +182,10 @@ class AuditLog:
         sealed = record.get("sealed")
         if not unseal or not isinstance(sealed, dict):
             return record
-        subject_key = self.subjects.by_pseudonym(str(record.get("subject")))
+        try:
+            subject_key = self.subjects.by_pseudonym(str(record.get("subject")))
+        except SubjectKeyError:
+            return {**record, "personal": "unreadable"}
         if subject_key is None:
             return {**record, "personal": "erased"}
         try:

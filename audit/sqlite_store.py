@@ -270,10 +270,19 @@ class SqliteAuditStore:
                 yield self._leaf(row)
 
     def leaves_between(self, from_ms: int, to_ms: int) -> Iterator[StoredLeaf]:
-        for row in self._all(
-            self._LEAF_SQL + "WHERE l.ts_ms >= ? AND l.ts_ms < ? ORDER BY l.idx", (from_ms, to_ms)
-        ):
-            yield self._leaf(row)
+        # Paged by index so an export of a long range never holds it all in memory.
+        after = -1
+        while True:
+            rows = self._all(
+                self._LEAF_SQL + "WHERE l.ts_ms >= ? AND l.ts_ms < ? AND l.idx > ? "
+                "ORDER BY l.idx LIMIT 5000",
+                (from_ms, to_ms, after),
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield self._leaf(row)
+            after = int(rows[-1][0])
 
     def iter_nodes(self) -> Iterator[tuple[int, int, bytes]]:
         last = (-1, -1)

@@ -246,6 +246,99 @@ def audit_erase(
     )
 
 
+def _epoch_ms(value: str, option: str) -> int:
+    """ISO 8601 time (a date alone means midnight UTC; no zone means UTC) to epoch ms."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(f"{option}: not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle file to create (zip)")],
+    from_: Annotated[str, typer.Option("--from", help="Start, ISO 8601 (inclusive)")],
+    to: Annotated[str, typer.Option("--to", help="End, ISO 8601 (exclusive)")],
+    client: Annotated[str | None, typer.Option("--client", help="Only this client id")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="Only this user id")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+    previous_checkpoint: Annotated[
+        Path | None, typer.Option(help="checkpoint.note of the previous export")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a compliance bundle an auditor verifies offline with `audit verify-bundle`."""
+    from audit.export import ExportError, ExportFilter, subject_pseudonym, write_bundle
+    from audit.factory import open_audit_log
+
+    previous = _read_file(previous_checkpoint) if previous_checkpoint else None
+    audit_log = open_audit_log(_settings(data_dir, config))
+    try:
+        pseudonym = None
+        if subject is not None:
+            pseudonym = subject_pseudonym(audit_log, tenant, subject)
+            if pseudonym is None:
+                raise ConfigurationError("unknown or erased subject: no records can be selected")
+        flt = ExportFilter(_epoch_ms(from_, "--from"), _epoch_ms(to, "--to"), client, pseudonym)
+        write_bundle(audit_log, flt, output, previous_checkpoint=previous)
+    except ExportError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    finally:
+        audit_log.store.close()
+    typer.echo(f"wrote {output}")
+
+
+@audit_app.command("verify-bundle")
+def audit_verify_bundle(
+    bundle: Annotated[Path, typer.Argument(help="The exported bundle (zip)")],
+    pubkey: Annotated[
+        str | None, typer.Option(help="The log's verifier key, from a trusted source")
+    ] = None,
+    previous_checkpoint: Annotated[
+        Path | None, typer.Option(help="A checkpoint.note you verified before")
+    ] = None,
+) -> None:
+    """Verify a bundle offline: no database, no network."""
+    from audit.bundle import BundleInvalid, verify_bundle
+
+    previous = _read_file(previous_checkpoint) if previous_checkpoint else None
+    if not bundle.is_file():
+        raise ConfigurationError(f"no such bundle: {bundle}")
+    try:
+        report = verify_bundle(bundle, pubkey=pubkey, previous_checkpoint=previous)
+    except BundleInvalid as exc:
+        typer.echo(f"error: bundle invalid: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if report.key_source == "bundle":
+        typer.echo(
+            "warning: verified with the key inside the bundle; pass --pubkey from a trusted "
+            "source to prove who signed it",
+            err=True,
+        )
+    previous_text = (
+        f", consistent with checkpoint {report.previous_size}"
+        if (report.previous_size is not None)
+        else ""
+    )
+    typer.echo(
+        f"ok: {report.records} records ({report.erased} erased, {report.purged} purged) "
+        f"included in checkpoint {report.checkpoint_size} of {report.origin}{previous_text}"
+    )
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+
+
 @audit_app.command("pubkey")
 def audit_pubkey(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Print the verifier key auditors need (C2SP/sumdb note verifier key format)."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import UTC, datetime
 
 from fastapi import APIRouter
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from audit.export import ExportError, ExportFilter, iter_bundle, subject_pseudonym
 from audit.log import AuditLog, CheckpointRefused
 from audit.store import StoredCheckpoint, StoreError
 from gateway.app import Components, components_of
@@ -132,3 +135,52 @@ async def consistency(request: Request) -> Response:
     except StoreError as exc:
         raise InternalError(log_cause=str(exc)) from exc
     return json_response({"first": first, "second": second, "proof": [_b64(h) for h in proof]})
+
+
+@router.get("/export", summary="Compliance bundle, streamed zip (audit:export)")
+async def export(request: Request) -> Response:
+    _, audit_log, _ = await _authorize(request, "audit.export")
+    params = request.query_params
+    try:
+        pseudonym = None
+        subject = params.get("subject")
+        if subject is not None:
+            tenant = params.get("tenant")
+            pseudonym = await asyncio.to_thread(subject_pseudonym, audit_log, tenant, subject)
+            if pseudonym is None:
+                raise NotFound("unknown or erased subject")
+        flt = ExportFilter(
+            _time_param(request, "from"),
+            _time_param(request, "to"),
+            params.get("client"),
+            pseudonym,
+        )
+        chunks = await run_in_threadpool(iter_bundle, audit_log, flt)
+    except ExportError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    except CheckpointRefused as exc:
+        raise InternalError(log_cause=f"checkpoint refused: {exc}") from exc
+    return StreamingResponse(
+        iterate_in_threadpool(chunks),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": 'attachment; filename="audit-export.zip"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _time_param(request: Request, name: str) -> int:
+    """Epoch milliseconds, or ISO 8601 (no zone means UTC)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        raise InvalidRequest(f"{name} is required")
+    if raw.isdigit() and len(raw) <= 15:
+        return int(raw)
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name}: epoch milliseconds or ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -255,3 +255,35 @@ async def test_retention_purges_payloads_and_keeps_proofs(
     finally:
         await audit_log.close()
         audit_log.store.close()
+
+
+def test_export_streams_a_bundle_that_verifies_offline(
+    app_client: TestClient, auth: Callable[..., dict[str, str]], tmp_path: Any
+) -> None:
+    from audit.bundle import verify_bundle
+
+    for i in range(3):
+        app_client.post(
+            "/v1/rank", json={"user_id": f"x{i}", "item_ids": ["i1"]}, headers={**auth(), **JSON}
+        )
+    exporter = auth(client_id="operator")
+    response = app_client.get(
+        "/v1/audit/export", params={"from": 0, "to": 2**45, "subject": "x1"}, headers=exporter
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    bundle = tmp_path / "export.zip"
+    bundle.write_bytes(response.content)
+    key = audit_of(app_client).signer.verifier_key()
+    report = verify_bundle(bundle, pubkey=key)
+    assert report.records == 1
+    assert (
+        app_client.get("/v1/audit/export", params={"from": 0, "to": 1}, headers=auth()).status_code
+        == 403
+    )
+    bad = app_client.get("/v1/audit/export", params={"from": "soon", "to": 1}, headers=exporter)
+    assert bad.status_code == 422
+    unknown = app_client.get(
+        "/v1/audit/export", params={"from": 0, "to": 1, "subject": "nobody"}, headers=exporter
+    )
+    assert unknown.status_code == 404

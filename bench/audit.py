@@ -1,0 +1,211 @@
+"""bench/audit: durable appends/s, the audit stage's cost on /v1/rank, proofs and verification.
+
+    python -m bench.audit [--seconds 5] [--records 1000000] [--rank-seconds 10]
+
+1. Appends/s through the real group-commit appender (AuditLog.append) with
+   durability on (SQLite WAL + synchronous=FULL; PostgreSQL synchronous_commit=on),
+   at concurrency 1 and 64, for SQLite and (when reachable) PostgreSQL.
+2. /v1/rank at concurrency 1 and 64 on two gateways started in this run, one with
+   the audit stage and one without (dev mode), measured alternately.
+3. A log of --records records (SQLite): average inclusion and consistency proof
+   generation time, and the full `audit verify` time.
+Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.checkpoint import NoteSigner
+from audit.log import AuditLog
+from audit.merkle import leaf_hash
+from audit.record import canonical, request_record
+from audit.sqlite_store import SqliteAuditStore
+from audit.store import AuditStore, PendingRecord, StoreError
+from audit.subjects import SubjectKeys
+from audit.verify import verify_store
+from bench.serve import fetch_token, free_port, load, wait_ready
+from gateway.datadir import init_data_dir
+
+PG_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def sample_record(i: int) -> dict[str, Any]:
+    return request_record(
+        ts_ms=1_790_000_000_000 + i, request_id=f"bench-{i:012d}", route="/v1/rank",
+        action="rank", client_id="demo", issuer="http://127.0.0.1:8080",
+        subject="0123456789abcdef0123456789abcdef", status=200, outcome="ok",
+        policy_ids=["scope:rank"],
+        model={"name": "demo-ranker", "version": "1", "digest": "ab" * 32, "variant": None},
+        latency_us=400, sealed={"key_id": "k", "nonce": "AAAAAAAAAAAAAAAA", "ct": "A" * 44},
+    )
+
+
+def make_log(store: AuditStore) -> AuditLog:
+    keys = SubjectKeys(store, kek=os.urandom(32), handle_key=os.urandom(32))
+    return AuditLog(store, signer=NoteSigner.generate("bench-audit"), subject_keys=keys)
+
+
+async def appends_per_second(store: AuditStore, concurrency: int, seconds: float) -> float:
+    audit_log = make_log(store)
+    counter = [0]
+    deadline = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.perf_counter() < deadline:
+            await audit_log.append(sample_record(w * 10_000_000 + i))
+            i += 1
+            counter[0] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await audit_log.close()
+    return counter[0] / elapsed
+
+
+def postgres_store(schema: str) -> AuditStore | None:
+    try:
+        from audit.postgres_store import PostgresAuditStore
+    except ImportError:
+        return None
+    try:
+        return PostgresAuditStore(PG_DSN, schema=schema)
+    except StoreError:
+        return None
+
+
+def drop_pg_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # bench-owned name
+
+
+def rank_with_and_without_audit(work: Path, seconds: float) -> list[tuple[int, dict, dict]]:
+    report = init_data_dir(work / "rank-data")
+    body_file = work / "body.json"
+    items = [f"i{n}" for n in range(1, 101)]
+    body_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
+    on_port, off_port = free_port(), free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    base["GATEWAY_LOG_LEVEL"] = "warning"
+    off_env = {**base, "GATEWAY_DEV_MODE": "true", "GATEWAY_AUDIT__ENABLED": "false"}
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(report.data_dir)]
+    servers = [
+        subprocess.Popen([*cmd, "--port", str(on_port)], env=base),
+        subprocess.Popen([*cmd, "--port", str(off_port)], env=off_env),
+    ]
+    try:
+        for port in (on_port, off_port):
+            wait_ready(f"http://127.0.0.1:{port}/readyz")
+        secret = report.client_secrets["demo"].read_text().strip()
+        on_token, off_token = fetch_token(on_port, secret), fetch_token(off_port, secret)
+        rows = []
+        for conc in (1, 64):
+            off = load(off_port, "/v1/rank", body_file, off_token, conc, seconds)
+            on = load(on_port, "/v1/rank", body_file, on_token, conc, seconds)
+            rows.append((conc, off, on))
+        return rows
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            proc.wait(timeout=30)
+
+
+def build_big_log(path: Path, n: int) -> SqliteAuditStore:
+    store = SqliteAuditStore(path)
+    batch = 20_000
+    for start in range(0, n, batch):
+        records = []
+        for i in range(start, min(n, start + batch)):
+            payload = canonical(sample_record(i))
+            records.append(PendingRecord(payload, leaf_hash(payload), f"bench-{i:012d}", i))
+        store.append_batch(records)
+    return store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rank-seconds", type=float, default=10.0)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
+    lines: list[tuple[str, str]] = []
+
+    for conc in (1, 64):
+        store = SqliteAuditStore(work / f"append-{conc}.db")
+        rate = asyncio.run(appends_per_second(store, conc, args.seconds))
+        store.close()
+        lines.append((f"SQLite durable appends/s, c{conc}", f"{rate:,.0f}"))
+    for conc in (1, 64):
+        schema = f"bench_audit_{os.getpid()}_{conc}"
+        pg = postgres_store(schema)
+        if pg is None:
+            lines.append((f"PostgreSQL durable appends/s, c{conc}", "not measured (unreachable)"))
+            continue
+        rate = asyncio.run(appends_per_second(pg, conc, args.seconds))
+        pg.close()
+        drop_pg_schema(schema)
+        lines.append((f"PostgreSQL durable appends/s, c{conc}", f"{rate:,.0f}"))
+
+    for conc, off, on in rank_with_and_without_audit(work, args.rank_seconds):
+        lines.append((
+            f"/v1/rank c{conc}: rps without / with audit (ratio)",
+            f"{off['rps']:,.0f} / {on['rps']:,.0f} ({on['rps'] / off['rps']:.2f})",
+        ))
+        lines.append((
+            f"/v1/rank c{conc}: p50 without / with audit",
+            f"{off['p50_ms']:.2f} ms / {on['p50_ms']:.2f} ms",
+        ))
+
+    started = time.perf_counter()
+    store = build_big_log(work / "big.db", args.records)
+    lines.append((f"build {args.records:,} records (batches of 20k)",
+                  f"{time.perf_counter() - started:.1f} s"))
+    audit_log = make_log(store)
+    checkpoint = audit_log.publish_checkpoint()
+    rng = random.Random(0)
+    probes = 1000
+    started = time.perf_counter()
+    for _ in range(probes):
+        audit_log.inclusion(rng.randrange(args.records), checkpoint)
+    inclusion_ms = (time.perf_counter() - started) / probes * 1000
+    started = time.perf_counter()
+    for _ in range(probes):
+        old = rng.randrange(1, args.records)
+        audit_log.consistency(old, args.records)
+    consistency_ms = (time.perf_counter() - started) / probes * 1000
+    lines.append((f"inclusion proof, {args.records:,} records (avg of {probes})",
+                  f"{inclusion_ms:.3f} ms"))
+    lines.append((f"consistency proof, {args.records:,} records (avg of {probes})",
+                  f"{consistency_ms:.3f} ms"))
+    started = time.perf_counter()
+    report = verify_store(store, audit_log.verifier)
+    lines.append((f"full verify of {report.size:,} records",
+                  f"{time.perf_counter() - started:.1f} s"))
+    store.close()
+
+    print(f"bench/audit: cores={os.cpu_count()}, durability on, {args.seconds:.0f} s per append "
+          f"point, {args.rank_seconds:.0f} s per /v1/rank point (100 candidates)")
+    print("| measure | value |")
+    print("|---|---|")
+    for name, value in lines:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
