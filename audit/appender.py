@@ -55,10 +55,14 @@ class Appender:
                     first = await loop.run_in_executor(
                         self._executor, self._store.append_batch, records
                     )
-                except StoreError as exc:
+                except Exception as exc:
+                    # Fail closed: every waiter of this batch is refused, none hangs.
+                    reason = (
+                        str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                    )
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(AppendFailed(str(exc)))
+                            future.set_exception(AppendFailed(reason))
                     continue
                 self.batches += 1
                 for offset, (_, future) in enumerate(batch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
 WHEN NEW.size < OLD.size BEGIN SELECT RAISE(ABORT, 'the audit log never shrinks'); END;
 CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
 BEGIN SELECT RAISE(ABORT, 'the audit head is never deleted'); END;
+CREATE TRIGGER IF NOT EXISTS audit_retention_no_delete BEFORE DELETE ON audit_retention
+BEGIN SELECT RAISE(ABORT, 'the retention watermark is never deleted'); END;
 CREATE TRIGGER IF NOT EXISTS audit_retention_forward_only BEFORE UPDATE ON audit_retention
 WHEN NEW.purged_below < OLD.purged_below
 BEGIN SELECT RAISE(ABORT, 'the retention watermark only moves forward'); END;
@@ -89,7 +92,16 @@ class SqliteAuditStore:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a brand-new file to WAL needs an exclusive lock and ignores the busy
+        # timeout, so two processes creating the log at once must retry.
+        for attempt in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
         # FULL: in WAL mode a commit is durable only when the WAL is synced.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")
@@ -134,7 +146,7 @@ class SqliteAuditStore:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: a corrupt head
                 raise StoreError(f"audit append failed: {exc}") from exc
             return int(size)
 
@@ -217,6 +229,10 @@ class SqliteAuditStore:
     def size(self) -> int:
         row = self._one("SELECT size FROM audit_head WHERE id = 1")
         return int(row[0]) if row else 0
+
+    def max_index(self) -> int | None:
+        row = self._one("SELECT max(idx) FROM audit_leaves")
+        return None if row is None or row[0] is None else int(row[0])
 
     def frontier_hashes(self) -> tuple[int, list[bytes]]:
         row = self._one("SELECT size, frontier FROM audit_head WHERE id = 1")

@@ -83,8 +83,12 @@ def _verify(store: AuditStore, verifier: NoteVerifier, progress: Progress) -> Ve
     if size != head_size:
         kind = "truncated log" if size < head_size else "inserted record"
         raise LogDamaged(min(size, head_size), kind, f"head says {head_size}, found {size} records")
-    if tree.hashes() != head_hashes:
-        raise LogDamaged(None, "altered head", "stored frontier differs from the recomputed tree")
+    # iter_leaves stops at the head, so rows written past it need a look of their own.
+    highest = store.max_index()
+    if highest is not None and highest >= head_size:
+        raise LogDamaged(
+            head_size, "inserted record", f"records lie past the head, up to {highest}"
+        )
 
     for level, index, digest in store.iter_nodes():
         want = expected_nodes.pop((level, index), None)
@@ -95,6 +99,10 @@ def _verify(store: AuditStore, verifier: NoteVerifier, progress: Progress) -> Ve
     if expected_nodes:
         level, index = min(expected_nodes, key=lambda key: key[1] << key[0])
         raise LogDamaged(index << level, "missing node", f"node ({level}, {index}) is missing")
+    # After the nodes: reordered leaves change the frontier too, and the node check
+    # names the first moved index where this one could only say "the head".
+    if tree.hashes() != head_hashes:
+        raise LogDamaged(None, "altered head", "stored frontier differs from the recomputed tree")
 
     checkpoints = store.checkpoints()
     previous: Checkpoint | None = None
