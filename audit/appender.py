@@ -15,20 +15,27 @@ from concurrent.futures import ThreadPoolExecutor
 
 from audit.store import AuditStore, PendingRecord, StoreError
 
+# A batch this large means many concurrent requests; the next commit may wait a little.
+_BUSY_BATCH = 8
+
 
 class AppendFailed(Exception):  # noqa: N818 - named for the event
     """The record could not be made durable."""
 
 
 class Appender:
-    def __init__(self, store: AuditStore, *, max_batch: int = 1024) -> None:
+    def __init__(
+        self, store: AuditStore, *, max_batch: int = 1024, commit_delay_s: float = 0.0
+    ) -> None:
         self._store = store
+        self._commit_delay = commit_delay_s
         self._max_batch = max_batch
         self._pending: list[tuple[PendingRecord, asyncio.Future[int]]] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self.batches = 0
+        self._last_batch = 0
 
     async def append(self, record: PendingRecord) -> int:
         loop = asyncio.get_running_loop()
@@ -48,6 +55,14 @@ class Appender:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                if (
+                    self._commit_delay
+                    and self._last_batch >= _BUSY_BATCH
+                    and len(self._pending) < self._max_batch
+                ):
+                    # Under load, wait a moment so more waiters share this fsync (like
+                    # PostgreSQL's commit_delay); at low load, never wait.
+                    await asyncio.sleep(self._commit_delay)
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 records = [record for record, _ in batch]
@@ -65,6 +80,7 @@ class Appender:
                             future.set_exception(AppendFailed(reason))
                     continue
                 self.batches += 1
+                self._last_batch = len(batch)
                 for offset, (_, future) in enumerate(batch):
                     if not future.done():
                         future.set_result(first + offset)

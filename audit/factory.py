@@ -37,5 +37,10 @@ def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time
         store, kek=kek, handle_key=handle_key(settings.secret_key.get_secret_value().encode())
     )
     return AuditLog(
-        store, signer=signer, subject_keys=subjects, clock=clock, max_batch=cfg.max_batch
+        store,
+        signer=signer,
+        subject_keys=subjects,
+        clock=clock,
+        max_batch=cfg.max_batch,
+        commit_delay_s=cfg.commit_delay_ms / 1000,
     )

@@ -63,6 +63,7 @@ class AuditLog:
         subject_keys: SubjectKeys,
         clock: Clock = time.time,
         max_batch: int = 1024,
+        commit_delay_s: float = 0.0,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -70,7 +71,7 @@ class AuditLog:
         self.origin = signer.name
         self.subjects = subject_keys
         self._clock = clock
-        self._appender = Appender(store, max_batch=max_batch)
+        self._appender = Appender(store, max_batch=max_batch, commit_delay_s=commit_delay_s)
         self._publisher: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
 

@@ -67,6 +67,30 @@ BEGIN SELECT RAISE(ABORT, 'the retention watermark only moves forward'); END;
 """
 
 
+# SQLite's default limit is 32766 bound parameters per statement.
+_ROWS_PER_STATEMENT = 256
+
+
+def _insert_rows(conn: sqlite3.Connection, target: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs: one statement step per 256 rows instead of one per row.
+
+    The sqlite3 module gives up the GIL around every step and must win it back
+    from the busy event loop afterwards; per-row steps made each audit record
+    cost several thread handoffs. Few large steps keep group commit cheap for
+    request handling.
+    """
+    if not rows:
+        return
+    placeholder = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        values = ", ".join([placeholder] * len(chunk))
+        conn.execute(
+            f"INSERT INTO {target} VALUES {values}",  # noqa: S608 - fixed table names
+            [value for row in chunk for value in row],
+        )
+
+
 def _frontier_blob(frontier: Frontier) -> bytes:
     return b"".join(frontier.hashes())
 
@@ -123,21 +147,20 @@ class SqliteAuditStore:
                     nodes: list[tuple[int, int, bytes]] = []
                     for record in records:
                         nodes.extend(frontier.append(record.leaf_hash))
-                    conn.executemany(
-                        "INSERT INTO audit_leaves (idx, leaf_hash, request_id, ts_ms) "
-                        "VALUES (?, ?, ?, ?)",
+                    _insert_rows(
+                        conn,
+                        "audit_leaves (idx, leaf_hash, request_id, ts_ms)",
                         [
                             (size + i, r.leaf_hash, r.request_id, r.ts_ms)
                             for i, r in enumerate(records)
                         ],
                     )
-                    conn.executemany(
-                        "INSERT INTO audit_payloads (idx, record) VALUES (?, ?)",
+                    _insert_rows(
+                        conn,
+                        "audit_payloads (idx, record)",
                         [(size + i, r.payload) for i, r in enumerate(records)],
                     )
-                    conn.executemany(
-                        "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes
-                    )
+                    _insert_rows(conn, "audit_nodes (level, idx, hash)", nodes)
                     conn.execute(
                         "UPDATE audit_head SET size = ?, frontier = ? WHERE id = 1",
                         (frontier.size, _frontier_blob(frontier)),
@@ -184,7 +207,7 @@ class SqliteAuditStore:
                 cursor = self._write.execute("DELETE FROM subject_keys WHERE handle = ?", (handle,))
             except sqlite3.Error as exc:
                 raise StoreError(f"subject key delete failed: {exc}") from exc
-            return cursor.rowcount > 0
+        return cursor.rowcount > 0
 
     def purge_payloads_before(self, index: int) -> int:
         with self._write_lock:
@@ -206,7 +229,7 @@ class SqliteAuditStore:
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"retention purge failed: {exc}") from exc
-            return cursor.rowcount
+        return cursor.rowcount
 
     # -- reads ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import hmac
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.store import AuditStore
+from security.randomness import POOL
 
 LOCAL_KEK_ID = "local-kek-1"
 _SEAL_AAD = b"gateway-audit-sealed-v1|"
@@ -35,14 +37,18 @@ class SubjectKeyError(Exception):
     """A subject key cannot be unwrapped (wrong or missing KEK)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SubjectKey:
     key_id: str
     key: bytes
 
-    @property
+    @cached_property
     def pseudonym(self) -> str:
         return hmac.new(self.key, b"pseudonym", hashlib.sha256).hexdigest()[:32]
+
+    @cached_property
+    def aead(self) -> AESGCM:
+        return AESGCM(self.key)
 
 
 def _b64(raw: bytes) -> str:
@@ -119,15 +125,15 @@ class SubjectKeys:
 
     @staticmethod
     def seal(key: SubjectKey, request_id: str, fields: dict[str, Any]) -> dict[str, str]:
-        nonce = os.urandom(12)
+        nonce = POOL.take(12)
         plaintext = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-        ciphertext = AESGCM(key.key).encrypt(nonce, plaintext, _SEAL_AAD + request_id.encode())
+        ciphertext = key.aead.encrypt(nonce, plaintext, _SEAL_AAD + request_id.encode())
         return {"key_id": key.pseudonym, "nonce": _b64(nonce), "ct": _b64(ciphertext)}
 
     @staticmethod
     def unseal(key: SubjectKey, request_id: str, sealed: dict[str, str]) -> dict[str, Any]:
         try:
-            plaintext = AESGCM(key.key).decrypt(
+            plaintext = key.aead.decrypt(
                 base64.b64decode(sealed["nonce"]),
                 base64.b64decode(sealed["ct"]),
                 _SEAL_AAD + request_id.encode(),

@@ -221,6 +221,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes,
         timeout_s=settings.limits.request_timeout_s,
+        clock=clock,
         on_refusal=(
             transport_refusal_recorder(components.audit, clock) if components.audit else None
         ),

@@ -115,6 +115,9 @@ class AuditSettings(_Frozen):
     kek_file: str = "keys/audit-kek.bin"
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
     max_batch: int = Field(default=1024, ge=1, le=100_000)
+    # Under load (the last batch held >= 8 records) the next commit waits this long so
+    # more requests share one fsync; never applied at low load. 0 turns it off.
+    commit_delay_ms: float = Field(default=2.0, ge=0, le=50)
     # None keeps record payloads forever; the policy bundle takes this over later.
     retention_days: int | None = Field(default=None, ge=1)
 

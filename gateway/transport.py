@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
 from gateway.metrics import Metrics
 from gateway.problems import render
+from security.randomness import POOL
 
 # Called for refusals the middleware itself answers (413, timeouts), so they are audited too.
 RefusalHook = Callable[[str, str, GatewayError], Awaitable[None]]
@@ -25,8 +25,13 @@ RefusalHook = Callable[[str, str, GatewayError], Awaitable[None]]
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
 
-def new_request_id() -> str:
-    return secrets.token_hex(16)
+def new_request_id(now: float) -> str:
+    """48-bit millisecond time, then 80 random bits (UUIDv7-like), as 32 hex digits.
+
+    Time-ordered ids land at the right edge of the audit log's request-id index;
+    random ones scattered inserts over the whole B-tree and doubled the writer's cost.
+    """
+    return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{POOL.token_hex(10)}"
 
 
 class TransportMiddleware:
@@ -38,8 +43,10 @@ class TransportMiddleware:
         max_body_bytes: int,
         timeout_s: float,
         on_refusal: RefusalHook | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        self.clock = clock
         self.on_refusal = on_refusal
         self.metrics = metrics
         self.max_body = max_body_bytes
@@ -50,7 +57,7 @@ class TransportMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = self._request_id(scope)
+        request_id = self._request_id(scope, self.clock)
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())
         status_holder = [500]
@@ -86,14 +93,14 @@ class TransportMiddleware:
             )
 
     @staticmethod
-    def _request_id(scope: Scope) -> str:
+    def _request_id(scope: Scope, clock: Callable[[], float]) -> str:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate: str = value.decode("latin-1")
                 # A client's id is kept only when it cannot smuggle anything into logs.
                 if _CLIENT_REQUEST_ID.match(candidate):
                     return candidate
-        return new_request_id()
+        return new_request_id(clock())
 
     @staticmethod
     def _content_length(scope: Scope) -> int | None:
