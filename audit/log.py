@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class AuditLog:
         self._clock = clock
         self._appender = Appender(store, max_batch=max_batch, commit_delay_s=commit_delay_s)
         self._publisher: asyncio.Task[None] | None = None
+        self._publish_lock = threading.Lock()
         self._retention: asyncio.Task[None] | None = None
 
     # -- appending -----------------------------------------------------------
@@ -109,6 +111,10 @@ class AuditLog:
 
     def publish_checkpoint(self) -> StoredCheckpoint:
         """Sign the current head, after proving it consistent with the last checkpoint."""
+        with self._publish_lock:
+            return self._publish()
+
+    def _publish(self) -> StoredCheckpoint:
         size, hashes = self.store.frontier_hashes()
         root = Frontier(size, hashes).root()
         if size and root_from(size, self.store.node) != root:
@@ -130,7 +136,14 @@ class AuditLog:
                 ) from exc
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         stored = StoredCheckpoint(size=size, root=root, note=note, created_ms=self.now_ms())
-        self.store.add_checkpoint(stored)
+        try:
+            self.store.add_checkpoint(stored)
+        except StoreError:
+            # Another process may have published this size first; same size, same root.
+            latest = self.store.latest_checkpoint()
+            if latest is not None and latest.size == size and latest.root == root:
+                return latest
+            raise
         return stored
 
     def start_publisher(self, interval_s: float) -> None:

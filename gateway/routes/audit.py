@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -19,10 +21,11 @@ from audit.export import ExportError, ExportFilter, iter_bundle, subject_pseudon
 from audit.log import AuditLog, CheckpointRefused
 from audit.store import StoredCheckpoint, StoreError
 from gateway.app import Components, components_of
-from gateway.errors import InternalError, InvalidRequest, NotFound
+from gateway.errors import AuditUnavailable, InternalError, InvalidRequest, NotFound
 from gateway.routes._json import json_response
 
 router = APIRouter(prefix="/v1/audit")
+T = TypeVar("T")
 
 NOTE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
@@ -43,13 +46,21 @@ async def _authorize(request: Request, action: str) -> tuple[Components, AuditLo
 async def _checkpoint_covering(audit_log: AuditLog, size: int) -> StoredCheckpoint:
     """The latest checkpoint, or a fresh one when a record is newer than it."""
     try:
-        latest = await asyncio.to_thread(audit_log.store.latest_checkpoint)
+        latest = await _off_loop(audit_log.store.latest_checkpoint)
         if latest is None or latest.size < size:
-            latest = await asyncio.to_thread(audit_log.publish_checkpoint)
+            latest = await _off_loop(audit_log.publish_checkpoint)
     except CheckpointRefused as exc:
         # The log refuses to sign a fork: an operator must look, the client cannot fix it.
         raise InternalError(log_cause=f"checkpoint refused: {exc}") from exc
     return latest
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking store call in a thread; a store failure is a 503, never a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except StoreError as exc:
+        raise AuditUnavailable(log_cause=f"audit store: {exc}") from exc
 
 
 def _int_param(request: Request, name: str) -> int | None:
@@ -71,7 +82,7 @@ async def checkpoint(request: Request) -> Response:
 @router.post("/checkpoint", summary="Publish a checkpoint now (admin)")
 async def publish(request: Request) -> Response:
     _, audit_log, _ = await _authorize(request, "admin")
-    size = await asyncio.to_thread(audit_log.store.size)
+    size = await _off_loop(audit_log.store.size)
     latest = await _checkpoint_covering(audit_log, size)
     return Response(latest.note, media_type=NOTE_MEDIA_TYPE)
 
@@ -79,17 +90,17 @@ async def publish(request: Request) -> Response:
 @router.get("/records/{request_id}", summary="A record by request id (audit:read)")
 async def record(request: Request, request_id: str) -> Response:
     _, audit_log, scopes = await _authorize(request, "audit.read")
-    index = await asyncio.to_thread(audit_log.store.index_of, request_id)
+    index = await _off_loop(audit_log.store.index_of, request_id)
     if index is None:
         raise NotFound("no audit record for this request id")
-    leaf = await asyncio.to_thread(audit_log.store.leaf, index)
+    leaf = await _off_loop(audit_log.store.leaf, index)
     body: dict[str, object] = {"index": index, "leaf_hash": _b64(leaf.leaf_hash)}
     if leaf.payload is None:
         body["purged"] = True
     else:
         # Sealed personal fields open only for callers who may export personal data.
         unseal = "audit:export" in scopes
-        body["record"] = await asyncio.to_thread(audit_log.open_record, leaf.payload, unseal=unseal)
+        body["record"] = await _off_loop(audit_log.open_record, leaf.payload, unseal=unseal)
     return json_response(body)
 
 
@@ -101,15 +112,15 @@ async def inclusion(request: Request) -> Response:
     if (request_id is None) == (index is None):
         raise InvalidRequest("give exactly one of request_id or index")
     if request_id is not None:
-        index = await asyncio.to_thread(audit_log.store.index_of, request_id)
+        index = await _off_loop(audit_log.store.index_of, request_id)
         if index is None:
             raise NotFound("no audit record for this request id")
     assert index is not None  # noqa: S101 - one of the two branches set it
-    size = await asyncio.to_thread(audit_log.store.size)
+    size = await _off_loop(audit_log.store.size)
     if index >= size:
         raise NotFound(f"no audit record at index {index}")
     cp = await _checkpoint_covering(audit_log, index + 1)
-    proof = await asyncio.to_thread(audit_log.inclusion, index, cp)
+    proof = await _off_loop(audit_log.inclusion, index, cp)
     return json_response(
         {
             "index": proof.index,
@@ -127,13 +138,10 @@ async def consistency(request: Request) -> Response:
     first, second = _int_param(request, "first"), _int_param(request, "second")
     if first is None or second is None:
         raise InvalidRequest("first and second are required")
-    size = await asyncio.to_thread(audit_log.store.size)
+    size = await _off_loop(audit_log.store.size)
     if not 0 < first <= second <= size:
         raise InvalidRequest(f"need 0 < first <= second <= {size}")
-    try:
-        proof = await asyncio.to_thread(audit_log.consistency, first, second)
-    except StoreError as exc:
-        raise InternalError(log_cause=str(exc)) from exc
+    proof = await _off_loop(audit_log.consistency, first, second)
     return json_response({"first": first, "second": second, "proof": [_b64(h) for h in proof]})
 
 
@@ -146,7 +154,7 @@ async def export(request: Request) -> Response:
         subject = params.get("subject")
         if subject is not None:
             tenant = params.get("tenant")
-            pseudonym = await asyncio.to_thread(subject_pseudonym, audit_log, tenant, subject)
+            pseudonym = await _off_loop(subject_pseudonym, audit_log, tenant, subject)
             if pseudonym is None:
                 raise NotFound("unknown or erased subject")
         flt = ExportFilter(
@@ -160,6 +168,8 @@ async def export(request: Request) -> Response:
         raise InvalidRequest(str(exc)) from exc
     except CheckpointRefused as exc:
         raise InternalError(log_cause=f"checkpoint refused: {exc}") from exc
+    except StoreError as exc:
+        raise AuditUnavailable(log_cause=f"export: {exc}") from exc
     return StreamingResponse(
         iterate_in_threadpool(chunks),
         media_type="application/zip",
