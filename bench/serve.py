@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,11 +101,24 @@ def load(port: int, path: str, body_file: Path, token: str, conc: int, duration:
     return result
 
 
+def _median(results: list[dict]) -> dict:
+    merged = {k: statistics.median(r[k] for r in results) for k in ("rps", "p50_ms", "p99_ms")}
+    merged["errors"] = sum(r["errors"] for r in results)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per point")
+    parser.add_argument(
+        "--audit",
+        choices=("on", "off"),
+        default="on",
+        help="audit stage as shipped (on), or off to measure the spine alone (dev mode)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -125,6 +139,9 @@ def main() -> None:
 
     gw_port, bare_port = free_port(), free_port()
     env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "BENCH_DATA_DIR": str(report.data_dir)}
+    gateway_env = dict(env)
+    if args.audit == "off":
+        gateway_env.update(GATEWAY_DEV_MODE="true", GATEWAY_AUDIT__ENABLED="false")
     servers = [
         subprocess.Popen(
             [
@@ -137,7 +154,7 @@ def main() -> None:
                 "--port",
                 str(gw_port),
             ],
-            env=env,
+            env=gateway_env,
         ),
         subprocess.Popen(
             [
@@ -163,9 +180,13 @@ def main() -> None:
         token = fetch_token(gw_port, report.client_secrets["demo"].read_text().strip())
         rows = []
         for conc in levels:
-            bare = load(bare_port, "/rank", body_file, "", conc, args.duration)
-            gw = load(gw_port, "/v1/rank", body_file, token, conc, args.duration)
-            rows.append((conc, bare, gw))
+            # Alternating short rounds, medians: the noise here is larger than the effect.
+            bares, gws = [], []
+            for _ in range(args.rounds):
+                seconds = args.duration / args.rounds
+                bares.append(load(bare_port, "/rank", body_file, "", conc, seconds))
+                gws.append(load(gw_port, "/v1/rank", body_file, token, conc, seconds))
+            rows.append((conc, _median(bares), _median(gws)))
         for conc, bare, gw in rows:
             if bare["errors"] or gw["errors"]:
                 raise SystemExit(f"non-200 responses at c{conc}: bare {bare}, gateway {gw}")
@@ -177,7 +198,9 @@ def main() -> None:
 
     print(
         f"bench/serve: POST /v1/rank, {args.candidates} candidates, {args.duration:.0f} s per "
-        f"point, cores={os.cpu_count()}, 1 uvicorn process per server, client in its own process"
+        f"point in {args.rounds} alternating rounds (medians), cores={os.cpu_count()}, "
+        f"audit stage {args.audit}, 1 uvicorn process per server, "
+        "client in its own process"
     )
     print(f"in-process onnxruntime session.run p50: {inproc:.3f} ms")
     header = (
