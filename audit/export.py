@@ -30,6 +30,7 @@ import zipfile
 from array import array
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -104,6 +105,19 @@ class ExportFilter:
             "client_id": self.client_id,
             "subject": self.subject_pseudonym,
         }
+
+
+def parse_time_ms(value: str, name: str) -> int:
+    """An export bound: epoch milliseconds, or ISO 8601 (a date is midnight; no zone is UTC)."""
+    if value.isdigit() and len(value) <= 15:
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ExportError(f"{name}: epoch milliseconds or ISO 8601, not {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def subject_pseudonym(audit_log: AuditLog, tenant: str | None, subject_id: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -11,13 +10,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from audit.checkpoint import CheckpointError, NoteSigner
 from gateway.errors import ConfigurationError
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+from gateway.files import write_private
 
 
 def create_audit_keys(signing_key: Path, kek: Path) -> list[Path]:
@@ -26,10 +19,10 @@ def create_audit_keys(signing_key: Path, kek: Path) -> list[Path]:
     if not signing_key.exists():
         # The origin names this log uniquely, so checkpoints of two logs never mix.
         signer = NoteSigner.generate(f"gateway-audit-{secrets.token_hex(6)}")
-        _write_private(signing_key, signer.signer_key().encode() + b"\n")
+        write_private(signing_key, signer.signer_key().encode() + b"\n")
         created.append(signing_key)
     if not kek.exists():
-        _write_private(kek, secrets.token_bytes(32))
+        write_private(kek, secrets.token_bytes(32))
         created.append(kek)
     return created
 

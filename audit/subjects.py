@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.store import AuditStore
-from security.randomness import POOL
+from gateway.randomness import POOL
 
 LOCAL_KEK_ID = "local-kek-1"
 _SEAL_AAD = b"gateway-audit-sealed-v1|"

@@ -246,19 +246,6 @@ def audit_erase(
     )
 
 
-def _epoch_ms(value: str, option: str) -> int:
-    """ISO 8601 time (a date alone means midnight UTC; no zone means UTC) to epoch ms."""
-    from datetime import UTC, datetime
-
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigurationError(f"{option}: not an ISO 8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 @audit_app.command("export")
 def audit_export(
     output: Annotated[Path, typer.Option("-o", "--output", help="Bundle file to create (zip)")],
@@ -274,7 +261,13 @@ def audit_export(
     config: ConfigOpt = None,
 ) -> None:
     """Write a compliance bundle an auditor verifies offline with `audit verify-bundle`."""
-    from audit.export import ExportError, ExportFilter, subject_pseudonym, write_bundle
+    from audit.export import (
+        ExportError,
+        ExportFilter,
+        parse_time_ms,
+        subject_pseudonym,
+        write_bundle,
+    )
     from audit.factory import open_audit_log
 
     previous = _read_file(previous_checkpoint) if previous_checkpoint else None
@@ -285,7 +278,9 @@ def audit_export(
             pseudonym = subject_pseudonym(audit_log, tenant, subject)
             if pseudonym is None:
                 raise ConfigurationError("unknown or erased subject: no records can be selected")
-        flt = ExportFilter(_epoch_ms(from_, "--from"), _epoch_ms(to, "--to"), client, pseudonym)
+        flt = ExportFilter(
+            parse_time_ms(from_, "--from"), parse_time_ms(to, "--to"), client, pseudonym
+        )
         write_bundle(audit_log, flt, output, previous_checkpoint=previous)
     except ExportError as exc:
         raise ConfigurationError(str(exc)) from exc
@@ -351,7 +346,8 @@ def audit_pubkey(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="gateway", standalone_mode=False)
+        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        result = command.main(args=argv, prog_name="gateway", standalone_mode=False)
     except typer.TyperException as exc:
         # Typer vendors click; its usage errors carry format_message() and exit_code.
         ctx = getattr(exc, "ctx", None)
@@ -369,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ overwritten, so re-running init after an upgrade cannot lock clients out.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from audit.keys import create_audit_keys
 from gateway.errors import ConfigurationError
+from gateway.files import write_private
 from models.demo import install_demo
 from security.issuer import create_signing_key
 from security.secrets import hash_secret, new_secret
@@ -40,13 +40,6 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
 def _default_config(data_dir: Path, secrets_dir: Path) -> tuple[str, dict[str, Path]]:
     lines = [
         "# Written by `gateway init`. Environment variables GATEWAY_* override these values.",
@@ -63,7 +56,7 @@ def _default_config(data_dir: Path, secrets_dir: Path) -> tuple[str, dict[str, P
     for client_id, scopes in DEFAULT_CLIENTS.items():
         secret = new_secret()
         secret_file = secrets_dir / f"{client_id}.secret"
-        _write_private(secret_file, secret + "\n")
+        write_private(secret_file, (secret + "\n").encode())
         secret_files[client_id] = secret_file
         lines += [
             "",
@@ -94,7 +87,7 @@ def init_data_dir(data_dir: Path) -> InitReport:
                     "restore the config or remove the stale secrets"
                 )
             text, secret_files = _default_config(data_dir, secrets_dir)
-            _write_private(config, text)
+            write_private(config, text.encode())
             created.append(str(config))
         created += [
             str(p) for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)

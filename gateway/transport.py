@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
 from gateway.metrics import Metrics
 from gateway.problems import render
-from security.randomness import POOL
+from gateway.randomness import POOL
 
 # Called for refusals the middleware itself answers (413, timeouts), so they are audited too.
 RefusalHook = Callable[[str, str, GatewayError], Awaitable[None]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import secrets
 import time
 import urllib.parse
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
 from gateway.errors import ConfigurationError, OAuthError
+from gateway.files import write_private
 from gateway.settings import ClientConfig, IssuerSettings
 from security.secrets import DUMMY_HASH, verify_secret
 
@@ -45,10 +45,7 @@ def create_signing_key(path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    write_private(path, pem)
 
 
 def load_signing_key(path: Path) -> rsa.RSAPrivateKey:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -17,7 +16,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from audit.export import ExportError, ExportFilter, iter_bundle, subject_pseudonym
+from audit.export import ExportError, ExportFilter, iter_bundle, parse_time_ms, subject_pseudonym
 from audit.log import AuditLog, CheckpointRefused
 from audit.store import StoredCheckpoint, StoreError
 from gateway.app import Components, components_of
@@ -181,16 +180,7 @@ async def export(request: Request) -> Response:
 
 
 def _time_param(request: Request, name: str) -> int:
-    """Epoch milliseconds, or ISO 8601 (no zone means UTC)."""
     raw = request.query_params.get(name)
     if raw is None:
         raise InvalidRequest(f"{name} is required")
-    if raw.isdigit() and len(raw) <= 15:
-        return int(raw)
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"{name}: epoch milliseconds or ISO 8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return parse_time_ms(raw, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -99,3 +100,67 @@ def test_models_list(initialised: InitReport) -> None:
     result = run("models", "list", "--data-dir", str(initialised.data_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("demo-ranker\t1\tsha256:")
+
+
+def test_audit_commands_end_to_end(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = tmp_path / "gw"
+    assert run("init", "--data-dir", str(data)).returncode == 0
+    for subject in ("alice", "bob"):  # two erasure events: records to verify and export
+        erased = run("audit", "erase", "--subject", subject, "--data-dir", str(data))
+        assert erased.returncode == 0, erased.stderr
+    verified = run("audit", "verify", "--quiet", "--data-dir", str(data))
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("ok: 2 records")
+    pubkey = run("audit", "pubkey", "--data-dir", str(data)).stdout.strip()
+
+    bad_time = run(
+        "audit",
+        "export",
+        "--data-dir",
+        str(data),
+        "--from",
+        "soon",
+        "--to",
+        "2100-01-01",
+        "-o",
+        str(tmp_path / "x.zip"),
+    )
+    assert bad_time.returncode == 2
+    assert bad_time.stderr.strip().startswith("error: --from:")
+    bundle = tmp_path / "export.zip"
+    exported = run(
+        "audit",
+        "export",
+        "--data-dir",
+        str(data),
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "-o",
+        str(bundle),
+    )
+    assert exported.returncode == 0, exported.stderr
+    good = run("audit", "verify-bundle", str(bundle), "--pubkey", pubkey)
+    assert good.returncode == 0, good.stderr
+    assert "ok: 2 records" in good.stdout
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(bundle) as archive:
+        member = archive.getinfo("records.jsonl")
+    raw = bytearray(bundle.read_bytes())
+    # Inside the compressed records, past the 30-byte local header and the file name.
+    raw[member.header_offset + 30 + len(member.filename) + member.compress_size // 2] ^= 0x01
+    damaged.write_bytes(bytes(raw))
+    bad = run("audit", "verify-bundle", str(damaged), "--pubkey", pubkey)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("error: bundle invalid")
+
+    # An attacker with the file drops the guard and edits a record: verify names it.
+    with sqlite3.connect(data / "audit" / "audit.db") as conn:
+        conn.execute("DROP TRIGGER audit_payloads_no_update")
+        conn.execute("UPDATE audit_payloads SET record = CAST(? AS BLOB) WHERE idx = 1", ("{}",))
+    tampered = run("audit", "verify", "--quiet", "--data-dir", str(data))
+    assert tampered.returncode == 1
+    assert "altered record at index 1" in tampered.stderr

@@ -257,7 +257,11 @@ def test_authorization_server_metadata(
         "client_secret_post",
     }
     assert set(metadata["scopes_supported"]) == {
-        "rank", "infer", "admin", "audit:read", "audit:export"
+        "rank",
+        "infer",
+        "admin",
+        "audit:read",
+        "audit:export",
     }
 
 

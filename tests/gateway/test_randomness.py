@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from security.randomness import RandomPool
+from gateway.randomness import RandomPool
 
 
 def test_draws_are_distinct_across_refills() -> None:
