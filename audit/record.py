@@ -65,6 +65,7 @@ def request_record(
     outcome: str,
     policy_ids: list[str],
     model: dict[str, Any] | None,
+    policy_bundle: str | None = None,
     latency_us: int,
     sealed: dict[str, str] | None,
 ) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def request_record(
         "subject": subject,
         "decision": decision_for(status),
         "policy_ids": policy_ids,
-        "policy_bundle": None,
+        "policy_bundle": policy_bundle,
         "consent": None,
         "pii": None,
         "inspection": None,

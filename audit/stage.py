@@ -49,6 +49,7 @@ class AuditStage:
             status=error.status if error else 200,
             outcome=error.slug if error else "ok",
             policy_ids=list(ctx.authorization or ()),
+            policy_bundle=ctx.policy_bundle,
             model=(
                 {
                     "name": model.name,

@@ -85,8 +85,9 @@ class RequestContext:
     body: bytes = b""
     received_at: float = 0.0
     principal: Principal | None = None
-    # The policy ids that decided stage 2 (the spine: "scope:<name>").
+    # The policy ids that decided stage 2, and the content hash of the bundle they came from.
     authorization: tuple[str, ...] | None = None
+    policy_bundle: str | None = None
     payload: Any = None
     model: ModelRef | None = None
     result: Any = None
