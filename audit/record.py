@@ -19,6 +19,7 @@ KIND_REQUEST = "request"
 KIND_ERASURE = "erasure"
 KIND_RETENTION = "retention"
 KIND_CHECKPOINT_REFUSED = "checkpoint-refused"
+KIND_POLICY_RELOAD = "policy-reload"
 
 
 class RecordError(Exception):

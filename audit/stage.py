@@ -48,8 +48,8 @@ class AuditStage:
             subject=subject,
             status=error.status if error else 200,
             outcome=error.slug if error else "ok",
-            policy_ids=list(ctx.authorization or ()),
-            policy_bundle=ctx.policy_bundle,
+            policy_ids=list(ctx.authorization or (error.decided_by if error else ())),
+            policy_bundle=ctx.policy_bundle or (error.policy_bundle if error else None),
             model=(
                 {
                     "name": model.name,

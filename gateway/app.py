@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -12,8 +14,10 @@ import httpx
 from fastapi import FastAPI
 from starlette.requests import Request
 
+from audit.appender import AppendFailed
 from audit.factory import open_audit_log
 from audit.log import AuditLog
+from audit.record import KIND_POLICY_RELOAD, event_record
 from audit.stage import AuditStage, transport_refusal_recorder
 from gateway.decode import InferDecodeStage, RankDecodeStage
 from gateway.errors import ConfigurationError, ModelNotReady
@@ -26,6 +30,9 @@ from gateway.transport import TransportMiddleware
 from models.features import FeatureStore
 from models.ranker import Ranker
 from models.stages import InferStage, RankStage
+from policies.errors import PolicyError
+from policies.manager import PolicyManager, ReloadResult
+from policies.stage import PolicyAuthorizeStage
 from security.authn import AuthenticateStage, IssuerTrust, TokenCache, TokenValidator
 from security.issuer import EmbeddedIssuer, load_signing_key
 from security.jwks import FileKeySource, JwksError, KeySource, RemoteKeySource, StaticKeySource
@@ -46,6 +53,7 @@ class Components:
     features: FeatureStore | None
     http: httpx.AsyncClient
     audit: AuditLog | None = None
+    policy: PolicyManager | None = None
     clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
@@ -183,6 +191,11 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         components.not_ready["model"] = str(exc)
         log.error("model %s not loaded: %s", settings.model.name, exc)
     metrics.model_ready.labels(settings.model.name).set(0 if components.not_ready else 1)
+    if settings.policy.engine == "cedar":
+        components.policy = _open_policy(settings)
+        metrics.observe_policy(components.policy.active)
+    else:
+        log.warning("POLICY ENGINE OFF (dev mode): authorization by fixed scope table")
     if settings.audit.enabled:
         components.audit = open_audit_log(settings, clock=clock)
     else:
@@ -195,7 +208,10 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
             components.audit.start_publisher(settings.audit.checkpoint_interval_s)
             if settings.audit.retention_days is not None:
                 components.audit.start_retention(settings.audit.retention_days)
+        watchers = _start_policy_triggers(components)
         yield
+        for task in watchers:
+            task.cancel()
         await http.aclose()
         if components.ranker is not None:
             components.ranker.close()
@@ -212,9 +228,16 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     )
     app.state.components = components
     install_error_handlers(app)
-    from gateway.routes import audit, health, oauth, oip, rank
+    from gateway.routes import admin, audit, health, oauth, oip, rank
 
-    for router in (rank.router, oip.router, audit.router, oauth.router, health.router):
+    for router in (
+        rank.router,
+        oip.router,
+        audit.router,
+        admin.router,
+        oauth.router,
+        health.router,
+    ):
         app.include_router(router)
     app.add_middleware(
         TransportMiddleware,
@@ -241,10 +264,93 @@ class ModelNotLoadedStage:
         raise ModelNotReady("the model is not loaded", log_cause=self._reason)
 
 
+def _open_policy(settings: Settings) -> PolicyManager:
+    cfg = settings.policy
+    keys = list(cfg.trusted_keys)
+    key_file = settings.resolve(cfg.trusted_keys_file)
+    if key_file.is_file():
+        keys += [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
+    try:
+        manager = PolicyManager(
+            settings.resolve(cfg.bundle), trusted_keys=keys, allow_unsigned=settings.dev_mode
+        )
+        if cfg.shadow_bundle is not None:
+            manager.set_shadow(settings.resolve(cfg.shadow_bundle))
+    except (PolicyError, OSError) as exc:
+        # No earlier bundle exists to fall back to: refuse to start rather than guess.
+        raise ConfigurationError(f"policy bundle refused: {exc}") from exc
+    return manager
+
+
+async def reload_policy(components: Components, trigger: str) -> ReloadResult:
+    """Reload from disk; audited and counted whether or not the candidate is taken."""
+    manager = components.policy
+    assert manager is not None  # noqa: S101 - callers check
+    previous = manager.active
+    result = await asyncio.to_thread(manager.reload)
+    outcome = "swapped" if result.swapped else ("refused" if result.error else "unchanged")
+    components.metrics.policy_reloads.labels(outcome).inc()
+    if result.swapped:
+        components.metrics.observe_policy(result.bundle)
+    if components.audit is not None:
+        await components.audit.append(
+            event_record(
+                KIND_POLICY_RELOAD,
+                int(components.clock() * 1000),
+                trigger=trigger,
+                outcome=outcome,
+                previous_bundle=previous.content_hash,
+                policy_bundle=result.bundle.content_hash,
+                error=result.error,
+            )
+        )
+    return result
+
+
+def _start_policy_triggers(c: Components) -> list[asyncio.Task[None]]:
+    manager = c.policy
+    if manager is None:
+        return []
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    def on_sighup() -> None:
+        tasks.append(loop.create_task(_quietly(reload_policy(c, "sighup"))))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (ValueError, RuntimeError, NotImplementedError):
+        log.info("SIGHUP reload unavailable here (not the main thread)")
+    interval = c.settings.policy.watch_interval_s
+    if interval > 0:
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if await asyncio.to_thread(manager.changed_on_disk):
+                    await _quietly(reload_policy(c, "file-change"))
+
+        tasks.append(loop.create_task(watch(), name="policy-watch"))
+    return tasks
+
+
+async def _quietly(reload: Awaitable[ReloadResult]) -> None:
+    try:
+        await reload
+    except AppendFailed as exc:
+        log.error("policy reload not audited: %s", exc)
+
+
 def _build_pipelines(c: Components) -> None:
     limits = c.settings.limits
     authn = AuthenticateStage(c.validator)
-    authz = ScopeAuthorizeStage()
+    authz: Stage = (
+        PolicyAuthorizeStage(
+            c.policy, model_name=c.settings.model.name, model_version=c.settings.model.version
+        )
+        if c.policy is not None
+        else ScopeAuthorizeStage()
+    )
     observe = c.metrics.observe_stage
     final = [AuditStage(c.audit, c.clock)] if c.audit is not None else []
 

@@ -14,6 +14,8 @@ from audit.keys import create_audit_keys
 from gateway.errors import ConfigurationError
 from gateway.files import write_private
 from models.demo import install_demo
+from policies.errors import PolicyError
+from policies.install import install_default_bundle
 from security.issuer import create_signing_key
 from security.secrets import hash_secret, new_secret
 
@@ -21,6 +23,9 @@ CONFIG_NAME = "gateway.toml"
 SIGNING_KEY = "keys/issuer-signing-key.pem"
 AUDIT_SIGNING_KEY = "keys/audit-log.key"
 AUDIT_KEK = "keys/audit-kek.bin"
+POLICY_BUNDLE = "policy"
+POLICY_KEY = "keys/policy-signing.key"
+POLICY_PUBLIC_KEY = "keys/policy-signing.pub"
 DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
     "demo": ("rank", "infer"),
     "operator": ("rank", "infer", "admin", "audit:read", "audit:export"),
@@ -92,9 +97,17 @@ def init_data_dir(data_dir: Path) -> InitReport:
         created += [
             str(p) for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)
         ]
+        created += [
+            str(p)
+            for p in install_default_bundle(
+                data_dir / POLICY_BUNDLE, data_dir / POLICY_KEY, data_dir / POLICY_PUBLIC_KEY
+            )
+        ]
         demo = install_demo(data_dir)
         if demo.created:
             created.append(str(demo.model))
     except OSError as exc:
         raise ConfigurationError(f"cannot initialise {data_dir}: {exc.strerror or exc}") from exc
+    except PolicyError as exc:
+        raise ConfigurationError(f"default policy bundle: {exc}") from exc
     return InitReport(data_dir, config, tuple(created), secret_files)

@@ -34,6 +34,9 @@ class GatewayError(Exception):
         self.log_cause = log_cause
         self.headers = dict(headers or {})
         self.extensions = dict(extensions or {})
+        # Set by the authorize stage on a denial, so the audit record names the decision.
+        self.decided_by: tuple[str, ...] = ()
+        self.policy_bundle: str | None = None
 
     @property
     def type_uri(self) -> str:

@@ -6,6 +6,8 @@ with ids in it, never request content.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -55,6 +57,18 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads_total",
+            "Policy bundle reloads by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.policy_active = Gauge(
+            "gateway_policy_bundle_active",
+            "1 for the policy bundle in force",
+            ["name", "version", "content_hash"],
+            registry=self.registry,
+        )
         self._stage_children: dict[str, Histogram] = {}
         self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -76,6 +90,10 @@ class Metrics:
         if child is None:
             child = self._stage_children[stage] = self.stage_seconds.labels(stage)
         child.observe(seconds)
+
+    def observe_policy(self, bundle: Any) -> None:
+        self.policy_active.clear()
+        self.policy_active.labels(bundle.name, bundle.version, bundle.content_hash).set(1)
 
     def inference_observer(self, model: str) -> tuple[Histogram, Histogram]:
         return self.inference_seconds.labels(model), self.batch_rows.labels(model)

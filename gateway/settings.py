@@ -122,6 +122,20 @@ class AuditSettings(_Frozen):
     retention_days: int | None = Field(default=None, ge=1)
 
 
+class PolicySettings(_Frozen):
+    # "scopes" (the spine's fixed table) is for benchmarks and development only.
+    engine: Literal["cedar", "scopes"] = "cedar"
+    # A bundle directory or packed .tar.gz, relative to the data directory.
+    bundle: str = "policy"
+    # Ed25519 public keys (base64) allowed to sign bundles, besides the key file.
+    trusted_keys: tuple[str, ...] = ()
+    trusted_keys_file: str = "keys/policy-signing.pub"
+    # Poll the bundle for changes this often (0: off); SIGHUP and the admin API also reload.
+    watch_interval_s: float = Field(default=5.0, ge=0)
+    # A candidate bundle evaluated beside the active one; differing decisions are logged.
+    shadow_bundle: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -143,6 +157,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     limits: Limits = Limits()
     audit: AuditSettings = AuditSettings()
+    policy: PolicySettings = PolicySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -176,6 +191,8 @@ class Settings(BaseSettings):
             return
         if not self.audit.enabled:
             raise ConfigurationError("audit.enabled = false is accepted only in dev mode")
+        if self.policy.engine != "cedar":
+            raise ConfigurationError("policy.engine = scopes is accepted only in dev mode")
         if self.secret_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError(
                 "secret_key is a placeholder; run `gateway init` or set GATEWAY_SECRET_KEY "

@@ -28,6 +28,15 @@ async def readyz(request: Request) -> Response:
     if components.ranker is not None:
         checks["model_version"] = components.ranker.ref.version
         checks["model_digest"] = f"sha256:{components.ranker.ref.digest}"
+    if components.policy is not None:
+        bundle = components.policy.active
+        checks["policy"] = {
+            "name": bundle.name,
+            "version": bundle.version,
+            "hash": bundle.content_hash,
+            "last_reload_error": components.policy.last_error,
+            "shadow": components.policy.shadow.content_hash if components.policy.shadow else None,
+        }
     ready = not components.not_ready
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},

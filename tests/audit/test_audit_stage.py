@@ -85,7 +85,12 @@ def test_allowed_and_refused_requests_are_each_recorded_once(
         assert record["status"] == response.status_code
     ok = record_for(app_client, cases[0][0].headers["x-request-id"])
     assert ok["client_id"] == "demo"
-    assert ok["policy_ids"] == ["scope:rank"]
+    # The Cedar policy that permitted it, and the exact bundle it came from.
+    assert ok["policy_ids"] == ["scope-rank"]
+    bundle_hash = app_client.app.state.components.policy.active.content_hash  # type: ignore[attr-defined]
+    assert ok["policy_bundle"] == bundle_hash
+    denied = record_for(app_client, cases[2][0].headers["x-request-id"])
+    assert denied["policy_bundle"] == bundle_hash
     assert ok["model"]["name"] == "demo-ranker"
     ranker = app_client.app.state.components.ranker  # type: ignore[attr-defined]
     assert ok["model"]["digest"] == ranker.ref.digest

@@ -1,0 +1,171 @@
+"""The typed data-handling policy of a bundle (``data.yaml``).
+
+Cedar answers *may this client do this*; everything about *how* a request is handled
+(which PII entities are redacted per jurisdiction, which consent purposes a model
+needs, A/B splits, output hardening, detection thresholds, rate limits, retention,
+who may sign models) lives here, typed, so every later stage reads one validated
+object instead of raw YAML. Models are frozen and refuse unknown keys: a typo in a
+compliance setting must fail the load, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OutputMode = Literal["scores", "rounded", "rank_only", "top_k"]
+Operator = Literal["replace", "mask", "pseudonymize"]
+ConsentSource = Literal["gpc", "tcf", "store"]
+DetectionAction = Literal["allow", "flag", "throttle", "block"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Variant(_Strict):
+    """One arm of an A/B split: a model version and its relative traffic weight."""
+
+    version: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+
+
+class OutputPolicy(_Strict):
+    """Output hardening: raw scores leak more of the model than ranks do (extraction)."""
+
+    mode: OutputMode = "scores"
+    decimals: int = Field(default=3, ge=0, le=12)
+    max_k: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _top_k_needs_k(self) -> OutputPolicy:
+        if self.mode == "top_k" and self.max_k is None:
+            raise ValueError("mode top_k needs max_k")
+        return self
+
+
+class ModelPolicy(_Strict):
+    """How one model (keyed by name) may be called and what its answers may reveal."""
+
+    allowed_clients: tuple[str, ...] = ()  # empty: any authenticated client
+    allowed_scopes: tuple[str, ...] = ()
+    purposes: tuple[str, ...] = ()  # consent purposes a personalized call needs
+    significant_decision: bool = False  # GDPR Art. 22: needs human-review path
+    blocked: bool = False  # exposed to Cedar as the resource's `blocked` attribute
+    variants: tuple[Variant, ...] = ()
+    shadow_version: str | None = None
+    output: OutputPolicy = OutputPolicy()
+    min_version: str | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_versions(cls, value: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        versions = [v.version for v in value]
+        if len(set(versions)) != len(versions):
+            raise ValueError("variant versions must be unique")
+        return value
+
+
+class JurisdictionPolicy(_Strict):
+    """PII handling for one jurisdiction: what to detect and what to do with it."""
+
+    pii_entities: tuple[str, ...] = ()
+    operators: dict[str, Operator] = Field(default_factory=dict)
+    score_thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _operators_name_entities(self) -> JurisdictionPolicy:
+        unknown = sorted(set(self.operators) - set(self.pii_entities))
+        if unknown:
+            raise ValueError(f"operators for entities not in pii_entities: {unknown}")
+        for entity, threshold in self.score_thresholds.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"score threshold for {entity} must be within [0, 1]")
+        return self
+
+
+class Jurisdictions(_Strict):
+    default: JurisdictionPolicy
+    eu: JurisdictionPolicy | None = None
+    california: JurisdictionPolicy | None = None
+
+    def for_region(self, region: str) -> JurisdictionPolicy:
+        """The region's policy, or the default one where the bundle has none."""
+        chosen = {"eu": self.eu, "california": self.california}.get(region)
+        return chosen if chosen is not None else self.default
+
+
+class ConsentPolicy(_Strict):
+    """Which consent signal wins when they disagree (GPC is a legal opt-out in CA)."""
+
+    precedence: tuple[ConsentSource, ...] = ("gpc", "tcf", "store")
+    default_personalization: bool = False  # no signal at all: non-personalized path
+    tcf_purposes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+
+    @field_validator("precedence")
+    @classmethod
+    def _no_repeats(cls, value: tuple[ConsentSource, ...]) -> tuple[ConsentSource, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("precedence lists a source twice")
+        return value
+
+
+class DetectionPolicy(_Strict):
+    """Thresholds of the input inspector and what it does when one is crossed."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    action: DetectionAction = "flag"
+    shadow: bool = False  # evaluate and record, never enforce
+
+
+class RateLimitPolicy(_Strict):
+    per_client_rps: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=100, ge=1)
+
+
+class QueryBudget(_Strict):
+    """Query budget against model extraction: at most ``max_queries`` per window."""
+
+    window_seconds: int = Field(ge=1)
+    max_queries: int = Field(ge=1)
+
+
+class RetentionPolicy(_Strict):
+    audit_days: int = Field(default=365 * 6, ge=1)
+
+
+class ModelSigner(_Strict):
+    """A key trusted to sign model packages (raw Ed25519 public key, base64)."""
+
+    name: str = Field(min_length=1)
+    public_key: str
+
+    @field_validator("public_key")
+    @classmethod
+    def _raw_ed25519(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("public_key is not base64") from exc
+        if len(raw) != 32:
+            raise ValueError("public_key must be a raw 32-byte Ed25519 key")
+        return value
+
+
+class DataPolicy(_Strict):
+    """The whole of ``data.yaml``."""
+
+    models: dict[str, ModelPolicy]
+    jurisdictions: Jurisdictions
+    consent: ConsentPolicy = ConsentPolicy()
+    detection: DetectionPolicy = DetectionPolicy()
+    rate_limits: RateLimitPolicy = RateLimitPolicy()
+    query_budgets: dict[str, QueryBudget] = Field(default_factory=dict)
+    retention: RetentionPolicy = RetentionPolicy()
+    model_signers: tuple[ModelSigner, ...] = ()
+
+    def model(self, name: str) -> ModelPolicy | None:
+        return self.models.get(name)

@@ -1,0 +1,146 @@
+"""The active policy bundle, and how a new one replaces it.
+
+A candidate is (1) loaded and validated, (2) its signature verified against the
+trusted keys (unsigned only in dev mode), (3) its own test cases run; only then
+is it swapped in, by one reference assignment, so a request sees either the old
+bundle or the new one, never a mix. A candidate that fails any step leaves the
+last good bundle in force; the failure is kept for /readyz, counted and audited.
+A shadow bundle, when set, is evaluated beside the active one and every decision
+that would differ is logged (dry run); it never decides anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.bundle import PolicyBundle, load_bundle
+from policies.cedar_engine import AuthzRequest, Decision
+from policies.errors import PolicyError
+from policies.signing import verify_bundle_signature
+from policies.testing import run_tests
+
+log = logging.getLogger("gateway.policy")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    swapped: bool
+    bundle: PolicyBundle
+    error: str | None = None
+
+
+ReloadListener = Callable[[ReloadResult, PolicyBundle | None], None]
+
+
+def _nothing(_result: ReloadResult, _previous: PolicyBundle | None) -> None:
+    return None
+
+
+def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detection for the file watch: names, sizes and mtimes."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+class PolicyManager:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        trusted_keys: Iterable[str],
+        allow_unsigned: bool,
+        on_reload: ReloadListener = _nothing,
+    ) -> None:
+        self.path = path
+        self._trusted = tuple(trusted_keys)
+        self._allow_unsigned = allow_unsigned
+        self._on_reload = on_reload
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.shadow: PolicyBundle | None = None
+        self.active = self.check(path)  # the first bundle must be good: no fallback exists
+        self._fingerprint = fingerprint(path)
+
+    def check(self, path: Path) -> PolicyBundle:
+        """Load, verify and test a bundle; PolicyError says what is wrong."""
+        bundle = load_bundle(path)
+        if bundle.signature is None and self._allow_unsigned:
+            log.warning("policy bundle %s is unsigned (accepted in dev mode only)", path)
+        else:
+            verify_bundle_signature(bundle, self._trusted)
+        report = run_tests(bundle)
+        if not report.passed:
+            raise PolicyError(f"bundle test cases fail:\n{report.render()}", file=str(path))
+        return bundle
+
+    def reload(self, path: Path | None = None) -> ReloadResult:
+        """Try a candidate (default: the configured path); swap only if it passes."""
+        with self._lock:
+            candidate_path = path or self.path
+            previous = self.active
+            try:
+                candidate = self.check(candidate_path)
+            except (PolicyError, OSError) as exc:
+                self.last_error = str(exc)
+                log.error(
+                    "policy bundle %s refused, keeping %s: %s",
+                    candidate_path,
+                    previous.content_hash,
+                    exc,
+                )
+                result = ReloadResult(False, previous, self.last_error)
+                self._on_reload(result, previous)
+                return result
+            self.last_error = None
+            swapped = candidate.content_hash != previous.content_hash
+            if swapped:
+                self.active = candidate
+                log.info(
+                    "policy bundle %s %s active (%s)",
+                    candidate.name,
+                    candidate.version,
+                    candidate.content_hash,
+                )
+            result = ReloadResult(swapped, self.active)
+            self._on_reload(result, previous)
+            return result
+
+    def changed_on_disk(self) -> bool:
+        try:
+            current = fingerprint(self.path)
+        except OSError:
+            return True  # a vanished bundle is a change; reload() will report it
+        if current == self._fingerprint:
+            return False
+        self._fingerprint = current
+        return True
+
+    def set_shadow(self, path: Path | None) -> PolicyBundle | None:
+        """Evaluate `path` beside the active bundle (dry run); None stops it."""
+        self.shadow = None if path is None else self.check(path)
+        return self.shadow
+
+    def decide(self, request: AuthzRequest) -> tuple[Decision, PolicyBundle]:
+        bundle = self.active  # one read: the whole decision uses one bundle
+        decision = bundle.engine.decide(request)
+        shadow = self.shadow
+        if shadow is not None:
+            other = shadow.engine.decide(request)
+            if other.allowed != decision.allowed:
+                log.warning(
+                    "shadow policy %s would %s %s on %s:%s for %s (active %s: %s by %s)",
+                    shadow.content_hash,
+                    "allow" if other.allowed else "deny",
+                    request.action,
+                    request.resource_type,
+                    request.resource_id,
+                    request.client_id,
+                    bundle.content_hash,
+                    "allow" if decision.allowed else "deny",
+                    ",".join(decision.policy_ids) or "default deny",
+                )
+        return decision, bundle

@@ -1,0 +1,68 @@
+"""Stage 2: authorize with the policy bundle's Cedar policies."""
+
+from __future__ import annotations
+
+from gateway.errors import Forbidden, InsufficientScope, InternalError
+from gateway.pipeline import RequestContext
+from policies.cedar_engine import AuthzRequest
+from policies.manager import PolicyManager
+from policies.vocabulary import ACTION_SCOPES
+
+# What each action is about: the served model, the audit log.
+_RESOURCES = {
+    "rank": "Model",
+    "infer": "Model",
+    "model.read": "Model",
+    "audit.read": "AuditLog",
+    "audit.export": "AuditLog",
+    "admin": "AuditLog",
+}
+
+
+class PolicyAuthorizeStage:
+    name = "authorize"
+
+    def __init__(self, manager: PolicyManager, *, model_name: str, model_version: str) -> None:
+        self._manager = manager
+        self._model = (model_name, model_version)
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        principal = ctx.principal
+        if principal is None:
+            raise InternalError(log_cause="authorize ran before authenticate")
+        resource_type = _RESOURCES.get(ctx.action)
+        if resource_type is None:
+            raise InternalError(log_cause=f"no resource mapped for action {ctx.action!r}")
+        if resource_type == "Model":
+            name, version = self._model
+            resource_id = name
+            attrs = self._manager.active.model_attrs(name, version)
+        else:
+            resource_id, attrs = "log", {}
+        decision, bundle = self._manager.decide(
+            AuthzRequest(
+                client_id=principal.client_id,
+                scopes=principal.scopes,
+                tenant=principal.tenant,
+                action=ctx.action,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                resource_attrs=attrs,
+            )
+        )
+        if decision.allowed:
+            return ctx.evolve(authorization=decision.policy_ids, policy_bundle=bundle.content_hash)
+        required = ACTION_SCOPES.get(ctx.action)
+        # RFC 6750: a missing scope is insufficient_scope, so clients know what to ask for.
+        error = (
+            InsufficientScope(required)
+            if required is not None and required not in principal.scopes
+            else Forbidden("the policy does not permit this request")
+        )
+        error.log_cause = (
+            f"policy {bundle.content_hash} denied {ctx.action}: "
+            f"{', '.join(decision.policy_ids) or 'no permit'} {'; '.join(decision.errors)}"
+        )
+        error.decided_by = decision.policy_ids
+        error.policy_bundle = bundle.content_hash
+        raise error
