@@ -11,6 +11,7 @@ that would differ is logged (dry run); it never decides anything.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -124,12 +125,16 @@ class PolicyManager:
         self.shadow = None if path is None else self.check(path)
         return self.shadow
 
-    def decide(self, request: AuthzRequest) -> tuple[Decision, PolicyBundle]:
+    def decide(
+        self, request: AuthzRequest, model: tuple[str, str] | None = None
+    ) -> tuple[Decision, PolicyBundle]:
+        """Decide with the active bundle; `model` (name, version) takes its attributes
+        from each bundle's own data policy, so a shadow bundle is judged on its own data."""
         bundle = self.active  # one read: the whole decision uses one bundle
-        decision = bundle.engine.decide(request)
+        decision = bundle.engine.decide(_with_model(request, bundle, model))
         shadow = self.shadow
         if shadow is not None:
-            other = shadow.engine.decide(request)
+            other = shadow.engine.decide(_with_model(request, shadow, model))
             if other.allowed != decision.allowed:
                 log.warning(
                     "shadow policy %s would %s %s on %s:%s for %s (active %s: %s by %s)",
@@ -144,3 +149,11 @@ class PolicyManager:
                     ",".join(decision.policy_ids) or "default deny",
                 )
         return decision, bundle
+
+
+def _with_model(
+    request: AuthzRequest, bundle: PolicyBundle, model: tuple[str, str] | None
+) -> AuthzRequest:
+    if model is None:
+        return request
+    return dataclasses.replace(request, resource_attrs=bundle.model_attrs(*model))

@@ -33,12 +33,7 @@ class PolicyAuthorizeStage:
         resource_type = _RESOURCES.get(ctx.action)
         if resource_type is None:
             raise InternalError(log_cause=f"no resource mapped for action {ctx.action!r}")
-        if resource_type == "Model":
-            name, version = self._model
-            resource_id = name
-            attrs = self._manager.active.model_attrs(name, version)
-        else:
-            resource_id, attrs = "log", {}
+        model = self._model if resource_type == "Model" else None
         decision, bundle = self._manager.decide(
             AuthzRequest(
                 client_id=principal.client_id,
@@ -46,9 +41,9 @@ class PolicyAuthorizeStage:
                 tenant=principal.tenant,
                 action=ctx.action,
                 resource_type=resource_type,
-                resource_id=resource_id,
-                resource_attrs=attrs,
-            )
+                resource_id=self._model[0] if model else "log",
+            ),
+            model,
         )
         if decision.allowed:
             return ctx.evolve(authorization=decision.policy_ids, policy_bundle=bundle.content_hash)

@@ -164,3 +164,47 @@ def test_audit_commands_end_to_end(tmp_path: Path) -> None:
     tampered = run("audit", "verify", "--quiet", "--data-dir", str(data))
     assert tampered.returncode == 1
     assert "altered record at index 1" in tampered.stderr
+
+
+def test_policy_commands(initialised: InitReport, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = initialised.data_dir / "policy"
+    pubkey = (initialised.data_dir / "keys" / "policy-signing.pub").read_text().strip()
+    lint = run("policy", "lint", str(bundle))
+    assert lint.returncode == 0, lint.stderr
+    assert "26 test cases, signed" in lint.stdout
+    assert run("policy", "test", str(bundle)).returncode == 0
+    assert run("policy", "verify", str(bundle), "--pubkey", pubkey).returncode == 0
+
+    changed = tmp_path / "changed"
+    shutil.copytree(bundle, changed)
+    cedar = changed / "policies.cedar"
+    text = cedar.read_text()
+    cedar.write_text(
+        text[: text.index('@id("scope-rank")')] + text[text.index('@id("scope-infer")') :]
+    )
+    stale = run("policy", "lint", str(changed))
+    assert stale.returncode == 2
+    assert "content" in stale.stderr.lower()
+    from policies.bundle import rehash
+
+    rehash(changed)
+    failing = run("policy", "test", str(changed))
+    assert failing.returncode == 1
+    # The failure names the case, where it is, and what decided instead.
+    assert "tests/scopes.yaml:3: rank with rank: expected allow by [scope-rank]" in failing.stderr
+    assert "24/26 passed" in failing.stderr
+    diff = run("policy", "diff", str(bundle), str(changed))
+    assert diff.returncode == 0
+    assert "0 of" not in diff.stdout  # some sampled decisions change
+    unsigned_key = tmp_path / "other.key"
+    import base64
+    import os as _os
+
+    unsigned_key.write_bytes(base64.b64encode(_os.urandom(32)))
+    (changed / "bundle.sig").unlink()
+    assert run("policy", "sign", str(changed), "--key", str(unsigned_key)).returncode == 0
+    untrusted = run("policy", "verify", str(changed), "--pubkey", pubkey)
+    assert untrusted.returncode == 2
+    assert untrusted.stderr.startswith("error: signature:")
