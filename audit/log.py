@@ -160,12 +160,17 @@ class AuditLog:
         if self._publisher is None:
             self._publisher = asyncio.get_running_loop().create_task(loop(), name="checkpoints")
 
-    def start_retention(self, retention_days: int, interval_s: float = 3600.0) -> None:
-        """Purge payloads older than the retention period now and then every interval."""
+    def start_retention(
+        self, retention_days: Callable[[], int], interval_s: float = 3600.0
+    ) -> None:
+        """Purge payloads older than the retention period now and then every interval.
+
+        The period is asked for each time, so a reloaded policy bundle takes effect.
+        """
 
         async def loop() -> None:
             while True:
-                cutoff = self.now_ms() - retention_days * 86_400_000
+                cutoff = self.now_ms() - retention_days() * 86_400_000
                 try:
                     if await asyncio.to_thread(self._first_index_at_or_after, cutoff) > (
                         await asyncio.to_thread(self.store.purged_below)

@@ -24,7 +24,7 @@ from gateway.errors import ConfigurationError, ModelNotReady
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext, Stage
 from gateway.problems import install_error_handlers
-from gateway.respond import InferRespondStage, RankRespondStage
+from gateway.respond import InferRespondStage, OutputShape, RankRespondStage
 from gateway.settings import Settings
 from gateway.transport import TransportMiddleware
 from models.features import FeatureStore
@@ -206,8 +206,9 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if components.audit is not None:
             components.audit.start_publisher(settings.audit.checkpoint_interval_s)
-            if settings.audit.retention_days is not None:
-                components.audit.start_retention(settings.audit.retention_days)
+            retention = _retention_days(components)
+            if retention is not None:
+                components.audit.start_retention(retention)
         watchers = _start_policy_triggers(components)
         yield
         for task in watchers:
@@ -341,6 +342,33 @@ async def _quietly(reload: Awaitable[ReloadResult]) -> None:
         log.error("policy reload not audited: %s", exc)
 
 
+def _retention_days(c: Components) -> Callable[[], int] | None:
+    """Audit retention: the config's override, else the policy bundle's (re-read on reload)."""
+    override = c.settings.audit.retention_days
+    if override is not None:
+        return lambda: override
+    manager = c.policy
+    if manager is None:
+        return None
+    return lambda: manager.active.data.retention.audit_days
+
+
+def _output_policy(c: Components) -> Callable[[str], OutputShape]:
+    """The respond stage's output hardening, read from the bundle in force at each call."""
+    manager = c.policy
+    if manager is None:
+        return lambda _model: OutputShape()
+
+    def output_for(model: str) -> OutputShape:
+        policy = manager.active.data.model(model)
+        if policy is None:
+            return OutputShape()
+        out = policy.output
+        return OutputShape(mode=out.mode, decimals=out.decimals, max_k=out.max_k)
+
+    return output_for
+
+
 def _build_pipelines(c: Components) -> None:
     limits = c.settings.limits
     authn = AuthenticateStage(c.validator)
@@ -369,7 +397,7 @@ def _build_pipelines(c: Components) -> None:
             max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
         ),
         RankStage(c.ranker, c.features),
-        RankRespondStage(),
+        RankRespondStage(_output_policy(c)),
     )
     c.pipelines["infer"] = pipeline(
         InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),

@@ -6,6 +6,8 @@ policy bundle in a later issue; the spine returns float32-precision scores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,21 +20,46 @@ from models.ranker import TensorSpec
 SCORE_DECIMALS = 6
 
 
+@dataclass(frozen=True, slots=True)
+class OutputShape:
+    """Output hardening from the policy bundle: less score detail, less to extract."""
+
+    mode: str = "scores"  # scores | rounded | rank_only | top_k
+    decimals: int = SCORE_DECIMALS
+    max_k: int | None = None
+
+
+def _full_scores(_model: str) -> OutputShape:
+    return OutputShape()
+
+
 class RankRespondStage:
     name = "respond"
+
+    def __init__(self, output_for: Callable[[str], OutputShape] = _full_scores) -> None:
+        self._output_for = output_for
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
         if not isinstance(query, RankQuery) or not isinstance(result, RankResult) or not ctx.model:
             raise InternalError(log_cause="respond stage without a rank result")
+        shape = self._output_for(ctx.model.name)
         scores = np.asarray(result.scores, dtype=np.float64)
+        top_k = query.top_k if shape.max_k is None else min(query.top_k, shape.max_k)
         # Stable sort on the negated score: ties keep the client's candidate order.
-        order = np.argsort(-scores, kind="stable")[: query.top_k]
-        rounded = np.round(scores[order], SCORE_DECIMALS).tolist()
-        items = [
-            {"item_id": result.item_ids[i], "rank": rank, "score": score}
-            for rank, (i, score) in enumerate(zip(order.tolist(), rounded, strict=True), start=1)
-        ]
+        order = np.argsort(-scores, kind="stable")[:top_k].tolist()
+        if shape.mode == "rank_only":
+            items: list[dict[str, Any]] = [
+                {"item_id": result.item_ids[i], "rank": rank}
+                for rank, i in enumerate(order, start=1)
+            ]
+        else:
+            decimals = shape.decimals if shape.mode == "rounded" else SCORE_DECIMALS
+            rounded = np.round(scores[order], decimals).tolist()
+            items = [
+                {"item_id": result.item_ids[i], "rank": rank, "score": score}
+                for rank, (i, score) in enumerate(zip(order, rounded, strict=True), start=1)
+            ]
         body = {
             "request_id": ctx.request_id,
             "model": {"name": ctx.model.name, "version": ctx.model.version},

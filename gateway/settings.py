@@ -118,7 +118,7 @@ class AuditSettings(_Frozen):
     # Under load (the last batch held >= 8 records) the next commit waits this long so
     # more requests share one fsync; never applied at low load. 0 turns it off.
     commit_delay_ms: float = Field(default=2.0, ge=0, le=50)
-    # None keeps record payloads forever; the policy bundle takes this over later.
+    # Overrides the policy bundle's retention.audit_days (which applies when this is None).
     retention_days: int | None = Field(default=None, ge=1)
 
 

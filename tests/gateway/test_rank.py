@@ -42,7 +42,8 @@ def test_ranking_matches_direct_onnxruntime(
     assert [it["item_id"] for it in body["items"]] == [items[i] for i in order]
     assert [it["rank"] for it in body["items"]] == list(range(1, 101))
     got = np.array([it["score"] for it in body["items"]])
-    np.testing.assert_allclose(got, expected[order], atol=1e-6)
+    # The default policy bundle hardens output to 3 decimals; the order is the model's own.
+    np.testing.assert_allclose(got, np.round(expected[order], 3), atol=1e-9)
     assert body["personalized"] is True
     assert body["model"] == {"name": "demo-ranker", "version": "1"}
     assert body["request_id"] == response.headers["x-request-id"]

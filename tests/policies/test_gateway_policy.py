@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,3 +208,36 @@ def test_file_change_is_picked_up_by_the_watch(fresh: InitReport) -> None:
         assert active_hash(watched) != first
         denied = watched.post("/v1/rank", json=RANK, headers={**bearer(watched), **JSON})
         assert denied.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("output", "check"),
+    [
+        ("{mode: rank_only}", lambda items: all(set(i) == {"item_id", "rank"} for i in items)),
+        ("{mode: top_k, max_k: 2}", lambda items: len(items) == 2 and "score" in items[0]),
+        (
+            "{mode: rounded, decimals: 1}",
+            lambda items: all(round(i["score"], 1) == i["score"] for i in items),
+        ),
+    ],
+    ids=["rank-only", "top-k", "rounded"],
+)
+def test_output_hardening_follows_the_bundle(
+    fresh: InitReport,
+    client: TestClient,
+    output: str,
+    check: Callable[[list[dict[str, object]]], bool],
+) -> None:
+    body = {"user_id": "u1", "item_ids": [f"i{n}" for n in range(1, 11)]}
+    full = client.post("/v1/rank", json=body, headers={**bearer(client), **JSON}).json()["items"]
+    assert len(full) == 10
+    edit_bundle(fresh, "output: {mode: rounded, decimals: 3}", f"output: {output}")
+    assert client.post("/v1/admin/policy/reload", headers=bearer(client, "operator")).json()[
+        "swapped"
+    ]
+    hardened = client.post("/v1/rank", json=body, headers={**bearer(client), **JSON}).json()
+    assert check(hardened["items"])
+    # Hardening changes the shape, never the order.
+    assert [i["item_id"] for i in hardened["items"]] == [i["item_id"] for i in full][
+        : len(hardened["items"])
+    ]
