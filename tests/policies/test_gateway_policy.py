@@ -241,3 +241,59 @@ def test_output_hardening_follows_the_bundle(
     assert [i["item_id"] for i in hardened["items"]] == [i["item_id"] for i in full][
         : len(hardened["items"])
     ]
+
+
+def test_sighup_reloads_a_real_server(fresh: InitReport) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_POLICY__WATCH_INTERVAL_S"] = "0"  # only the signal may reload
+    with (fresh.data_dir / "server.log").open("ab") as server_log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--data-dir",
+                str(fresh.data_dir),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+        )
+    url = f"http://127.0.0.1:{port}/readyz"
+
+    def policy_hash() -> str | None:
+        try:
+            return str(httpx.get(url, timeout=1).json()["checks"]["policy"]["hash"])
+        except (httpx.TransportError, KeyError, ValueError):
+            return None
+
+    try:
+        deadline = time.monotonic() + 60
+        while (first := policy_hash()) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first is not None, "server did not start"
+        edit_bundle(fresh, *BLOCK_DEMO)
+        time.sleep(0.3)
+        assert policy_hash() == first  # no watch: nothing changes until the signal
+        os.kill(server.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while policy_hash() == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert policy_hash() not in (first, None)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
