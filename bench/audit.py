@@ -20,8 +20,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ from audit.sqlite_store import SqliteAuditStore
 from audit.store import AuditStore, PendingRecord, StoreError
 from audit.subjects import SubjectKeys
 from audit.verify import verify_store
-from bench.serve import fetch_token, free_port, load, wait_ready
+from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
 from gateway.datadir import init_data_dir
 from gateway.settings import AuditSettings
 
@@ -114,17 +112,21 @@ def rank_with_and_without_audit(
     items = [f"i{n}" for n in range(1, 101)]
     body_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
     on_port, off_port = free_port(), free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    base["GATEWAY_LOG_LEVEL"] = "warning"
-    off_env = {**base, "GATEWAY_DEV_MODE": "true", "GATEWAY_AUDIT__ENABLED": "false"}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(report.data_dir)]
-    servers = [
-        subprocess.Popen([*cmd, "--port", str(on_port)], env=base),
-        subprocess.Popen([*cmd, "--port", str(off_port)], env=off_env),
-    ]
-    try:
-        for port in (on_port, off_port):
-            wait_ready(f"http://127.0.0.1:{port}/readyz")
+    off_env = gateway_env(GATEWAY_DEV_MODE="true", GATEWAY_AUDIT__ENABLED="false")
+    with running(
+        [
+            (
+                gateway_command(report.data_dir, on_port),
+                gateway_env(),
+                f"http://127.0.0.1:{on_port}/readyz",
+            ),
+            (
+                gateway_command(report.data_dir, off_port),
+                off_env,
+                f"http://127.0.0.1:{off_port}/readyz",
+            ),
+        ]
+    ):
         secret = report.client_secrets["demo"].read_text().strip()
         on_token, off_token = fetch_token(on_port, secret), fetch_token(off_port, secret)
         rows = []
@@ -138,11 +140,6 @@ def rank_with_and_without_audit(
             ratio = statistics.median(b["rps"] / a["rps"] for a, b in zip(offs, ons, strict=True))
             rows.append((conc, _median(offs), _median(ons), ratio))
         return rows
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            proc.wait(timeout=30)
 
 
 ROUNDS = 5

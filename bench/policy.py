@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.serve import fetch_token, free_port, load, wait_ready
+from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
 from gateway.datadir import init_data_dir
 from policies.bundle import load_bundle
 from policies.cedar_engine import AuthzRequest
@@ -68,21 +66,23 @@ def main() -> None:
 
     body = work / "body.json"
     body.write_text(json.dumps({"user_id": "u7", "item_ids": [f"i{n}" for n in range(1, 101)]}))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    base["GATEWAY_LOG_LEVEL"] = "warning"
     cedar_port, scopes_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(report.data_dir)]
-    servers = [
-        subprocess.Popen([*cmd, "--port", str(cedar_port)], env=base),
-        subprocess.Popen(
-            [*cmd, "--port", str(scopes_port)],
-            env={**base, "GATEWAY_DEV_MODE": "true", "GATEWAY_POLICY__ENGINE": "scopes"},
-        ),
-    ]
+    scopes_env = gateway_env(GATEWAY_DEV_MODE="true", GATEWAY_POLICY__ENGINE="scopes")
     rows = []
-    try:
-        for port in (cedar_port, scopes_port):
-            wait_ready(f"http://127.0.0.1:{port}/readyz")
+    with running(
+        [
+            (
+                gateway_command(report.data_dir, cedar_port),
+                gateway_env(),
+                f"http://127.0.0.1:{cedar_port}/readyz",
+            ),
+            (
+                gateway_command(report.data_dir, scopes_port),
+                scopes_env,
+                f"http://127.0.0.1:{scopes_port}/readyz",
+            ),
+        ]
+    ):
         secret = report.client_secrets["demo"].read_text().strip()
         tokens = {port: fetch_token(port, secret) for port in (cedar_port, scopes_port)}
         for conc in (1, 64):
@@ -107,11 +107,6 @@ def main() -> None:
                     ratio,
                 )
             )
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            proc.wait(timeout=30)
 
     print(
         f"bench/policy: cores={os.cpu_count()}, default bundle, audit on in both gateways, "

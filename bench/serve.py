@@ -13,54 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
 from gateway.datadir import init_data_dir
 from gateway.settings import load_settings
 from models.features import FeatureStore
 from models.ranker import Ranker
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"server at {url} did not become ready")
-
-
-def fetch_token(port: int, secret: str) -> str:
-    """A real token from the gateway's own /oauth/token, as a client would get one."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/oauth/token",
-        data=urllib.parse.urlencode(
-            {"grant_type": "client_credentials", "client_id": "demo", "client_secret": secret}
-        ).encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        token: str = json.loads(response.read())["access_token"]
-        return token
 
 
 def in_process_p50_ms(ranker: Ranker, feeds: dict[str, np.ndarray], n: int = 3000) -> float:
@@ -72,33 +37,6 @@ def in_process_p50_ms(ranker: Ranker, feeds: dict[str, np.ndarray], n: int = 300
         ranker.run_sync(feeds)
         times.append(time.perf_counter() - started)
     return float(np.median(times) * 1000)
-
-
-def load(port: int, path: str, body_file: Path, token: str, conc: int, duration: float) -> dict:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "--port",
-            str(port),
-            "--path",
-            path,
-            "--body-file",
-            str(body_file),
-            "--token",
-            token,
-            "--concurrency",
-            str(conc),
-            "--duration",
-            str(duration),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict = json.loads(out.stdout)
-    return result
 
 
 def _median(results: list[dict]) -> dict:
@@ -138,45 +76,39 @@ def main() -> None:
     ranker.close()
 
     gw_port, bare_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "BENCH_DATA_DIR": str(report.data_dir)}
-    gateway_env = dict(env)
-    if args.audit == "off":
-        gateway_env.update(GATEWAY_DEV_MODE="true", GATEWAY_AUDIT__ENABLED="false")
-    servers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--data-dir",
-                str(report.data_dir),
-                "--port",
-                str(gw_port),
-            ],
-            env=gateway_env,
-        ),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bare_app:app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(bare_port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        ),
+    gateway_overrides = (
+        {"GATEWAY_DEV_MODE": "true", "GATEWAY_AUDIT__ENABLED": "false"}
+        if args.audit == "off"
+        else {}
+    )
+    bare_command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.bare_app:app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(bare_port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
     ]
-    try:
-        wait_ready(f"http://127.0.0.1:{gw_port}/readyz")
-        wait_ready(f"http://127.0.0.1:{bare_port}/healthz")
+    with running(
+        [
+            (
+                gateway_command(report.data_dir, gw_port),
+                gateway_env(**gateway_overrides),
+                f"http://127.0.0.1:{gw_port}/readyz",
+            ),
+            (
+                bare_command,
+                {**os.environ, "BENCH_DATA_DIR": str(report.data_dir)},
+                f"http://127.0.0.1:{bare_port}/healthz",
+            ),
+        ]
+    ):
         token = fetch_token(gw_port, report.client_secrets["demo"].read_text().strip())
         rows = []
         for conc in levels:
@@ -187,14 +119,9 @@ def main() -> None:
                 bares.append(load(bare_port, "/rank", body_file, "", conc, seconds))
                 gws.append(load(gw_port, "/v1/rank", body_file, token, conc, seconds))
             rows.append((conc, _median(bares), _median(gws)))
-        for conc, bare, gw in rows:
-            if bare["errors"] or gw["errors"]:
-                raise SystemExit(f"non-200 responses at c{conc}: bare {bare}, gateway {gw}")
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            proc.wait(timeout=30)
+    for conc, bare, gw in rows:
+        if bare["errors"] or gw["errors"]:
+            raise SystemExit(f"non-200 responses at c{conc}: bare {bare}, gateway {gw}")
 
     print(
         f"bench/serve: POST /v1/rank, {args.candidates} candidates, {args.duration:.0f} s per "
