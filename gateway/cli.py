@@ -283,7 +283,7 @@ def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> N
 @audit_app.command("purge")
 def audit_purge(
     older_than_days: Annotated[
-        int | None, typer.Option(min=1, help="Default: audit.retention_days from the config")
+        int | None, typer.Option(min=1, help="Default: audit.retention_days, else the bundle's retention.audit_days")
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -295,6 +295,9 @@ def audit_purge(
 
     settings = _settings(data_dir, config)
     days = older_than_days or settings.audit.retention_days
+    if days is None and settings.policy.engine == "cedar":
+        # The policy bundle sets retention, exactly as the running gateway reads it.
+        days = _load_policy(settings.resolve(settings.policy.bundle)).data.retention.audit_days
     if days is None:
         raise ConfigurationError(
             "no retention period: pass --older-than-days or set audit.retention_days"
