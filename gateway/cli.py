@@ -283,7 +283,10 @@ def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> N
 @audit_app.command("purge")
 def audit_purge(
     older_than_days: Annotated[
-        int | None, typer.Option(min=1, help="Default: audit.retention_days, else the bundle's retention.audit_days")
+        int | None,
+        typer.Option(
+            min=1, help="Default: audit.retention_days, else the bundle's retention.audit_days"
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
