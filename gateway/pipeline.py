@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,6 +114,18 @@ class RequestContext:
 _CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RequestContext))
 
 
+class Respond:
+    """A route's own last step, run as stage 7 so its outcome is what gets audited."""
+
+    name = "respond"
+
+    def __init__(self, step: Callable[[RequestContext], Awaitable[Any]]) -> None:
+        self._step = step
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        return ctx.evolve(response=await self._step(ctx))
+
+
 class Stage(Protocol):
     """One pipeline step: returns a new context or raises a `GatewayError`."""
 
@@ -178,11 +190,19 @@ class Pipeline:
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages) + tuple(f.name for f in self.final)
 
-    async def run(self, ctx: RequestContext) -> RequestContext:
+    async def run(self, ctx: RequestContext, *, then: Stage | None = None) -> RequestContext:
+        """Run the stages, then `then` (a route's own `respond` step) if given, then finals.
+
+        Routes whose work follows authorization (proofs, metadata, reloads) pass it as
+        `then`, so a failure there is audited with the status the client really gets.
+        """
         error: GatewayError | None = None
         timings: dict[str, float] = {}
+        stages = self.stages if then is None else (*self.stages, then)
+        if then is not None and then.name != "respond":
+            raise ValueError("a route's own step runs as the respond stage")
         try:
-            for stage in self.stages:
+            for stage in stages:
                 started = time.perf_counter()
                 try:
                     ctx = await stage(ctx)

@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.app import Components, components_of
-from gateway.errors import NotFound
+from gateway.errors import ModelNotReady, NotFound
+from gateway.pipeline import RequestContext, Respond
 from gateway.routes._json import json_response
 
 router = APIRouter(prefix="/v2")
@@ -54,13 +55,13 @@ async def ready(request: Request) -> Response:
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
     components = components_of(request)
-    await components.pipeline("model.read").run(components.context(request, "model.read"))
-    _check_model(components, name, version)
-    ranker = components.ranker
-    if ranker is None:
-        return json_response({"error": "model not loaded"}, status=503)
-    return json_response(
-        {
+
+    async def describe(_ctx: RequestContext) -> dict[str, object]:
+        _check_model(components, name, version)
+        ranker = components.ranker
+        if ranker is None:
+            raise ModelNotReady("the model is not loaded")
+        return {
             "name": ranker.ref.name,
             "versions": [ranker.ref.version],
             "platform": "onnxruntime_onnx",
@@ -68,7 +69,11 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
             "outputs": [spec.as_oip() for spec in ranker.outputs],
             "parameters": {"package_digest": f"sha256:{ranker.ref.digest}"},
         }
+
+    ctx = await components.pipeline("model.read").run(
+        components.context(request, "model.read"), then=Respond(describe)
     )
+    return json_response(ctx.response)
 
 
 @router.get("/models/{name}", summary="OIP model metadata (scope: infer)")
@@ -83,10 +88,15 @@ async def model_version_metadata(request: Request, name: str, version: str) -> R
 
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
     components = components_of(request)
-    await components.pipeline("model.read").run(components.context(request, "model.read"))
-    _check_model(components, name, version)
-    is_ready = components.ranker is not None
-    return json_response({"name": name, "ready": is_ready}, status=200 if is_ready else 503)
+
+    async def readiness(_ctx: RequestContext) -> bool:
+        _check_model(components, name, version)
+        return components.ranker is not None
+
+    ctx = await components.pipeline("model.read").run(
+        components.context(request, "model.read"), then=Respond(readiness)
+    )
+    return json_response({"name": name, "ready": ctx.response}, status=200 if ctx.response else 503)
 
 
 @router.get("/models/{name}/ready", summary="OIP model readiness (scope: infer)")
@@ -104,8 +114,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     missing = _missing_model(components, name, version)
     if missing is not None:
         # Authenticate first, so anonymous callers cannot probe which models exist.
-        await components.pipeline("model.read").run(components.context(request, "infer"))
-        raise missing
+        async def refuse(_ctx: RequestContext) -> None:
+            raise missing
+
+        await components.pipeline("model.read").run(
+            components.context(request, "infer"), then=Respond(refuse)
+        )
     ctx = components.context(request, "infer", await request.body())
     ctx = await components.pipeline("infer").run(ctx)
     return json_response(ctx.response)

@@ -292,3 +292,34 @@ def test_export_streams_a_bundle_that_verifies_offline(
         "/v1/audit/export", params={"from": 0, "to": 1, "subject": "nobody"}, headers=exporter
     )
     assert unknown.status_code == 404
+
+
+def test_records_carry_the_status_of_route_work_after_authorization(
+    app_client: TestClient, auth: Callable[..., dict[str, str]]
+) -> None:
+    """A 404 or 422 from a route's own work is what the audit record says, not 200."""
+    reader = auth(client_id="operator")
+    cases = [
+        (app_client.get("/v1/audit/records/not-a-request", headers=reader), 404, "not-found"),
+        (
+            app_client.get(
+                "/v1/audit/proofs/consistency", params={"first": 0, "second": 1}, headers=reader
+            ),
+            422,
+            "invalid-request",
+        ),
+        (app_client.get("/v2/models/other-model", headers=auth()), 404, "not-found"),
+        (
+            app_client.post("/v2/models/other-model/infer", json={}, headers=auth()),
+            404,
+            "not-found",
+        ),
+    ]
+    for response, status, outcome in cases:
+        assert response.status_code == status
+        record = record_for(app_client, response.headers["x-request-id"])
+        assert (record["status"], record["outcome"], record["decision"]) == (
+            status,
+            outcome,
+            "refuse",
+        )
