@@ -69,33 +69,62 @@ class AuditStage:
             raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
 
 
+async def append_plain(
+    audit_log: AuditLog,
+    clock: Callable[[], float],
+    *,
+    request_id: str,
+    route: str,
+    action: str,
+    client_id: str | None,
+    status: int,
+    outcome: str,
+) -> None:
+    """A record for a request that ran no pipeline (token issuance, transport refusals).
+
+    Raises AuditUnavailable when the record cannot be made durable (fail closed).
+    """
+    try:
+        await audit_log.append(
+            request_record(
+                ts_ms=int(clock() * 1000),
+                request_id=request_id,
+                route=route,
+                action=action,
+                client_id=client_id,
+                issuer=None,
+                subject=None,
+                status=status,
+                outcome=outcome,
+                policy_ids=[],
+                model=None,
+                latency_us=0,
+                sealed=None,
+            )
+        )
+    except AppendFailed as exc:
+        raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
+
+
 def transport_refusal_recorder(
     audit_log: AuditLog, clock: Callable[[], float]
 ) -> Callable[[str, str, GatewayError], Awaitable[None]]:
     """Audit refusals answered by the transport layer (oversized body, timeout)."""
 
     async def record(request_id: str, path: str, error: GatewayError) -> None:
-        now = clock()
         try:
-            await audit_log.append(
-                request_record(
-                    ts_ms=int(now * 1000),
-                    request_id=request_id,
-                    route=path,
-                    action="transport",
-                    client_id=None,
-                    issuer=None,
-                    subject=None,
-                    status=error.status,
-                    outcome=error.slug,
-                    policy_ids=[],
-                    model=None,
-                    latency_us=0,
-                    sealed=None,
-                )
+            await append_plain(
+                audit_log,
+                clock,
+                request_id=request_id,
+                route=path,
+                action="transport",
+                client_id=None,
+                status=error.status,
+                outcome=error.slug,
             )
-        except AppendFailed as exc:
+        except AuditUnavailable as exc:
             # The client is refused either way; the failure to audit must reach operators.
-            log.error("transport refusal %s not audited: %s", request_id, exc)
+            log.error("transport refusal %s not audited: %s", request_id, exc.log_cause)
 
     return record

@@ -141,8 +141,10 @@ class EmbeddedIssuer:
             "scope": claims["scope"],
         }
 
-    async def token_endpoint(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
-        """POST /oauth/token (RFC 6749 §4.4, errors per §5.2)."""
+    async def token_endpoint(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[str, dict[str, Any]]:
+        """POST /oauth/token (RFC 6749 §4.4, errors per §5.2): (client id, response body)."""
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise OAuthError("invalid_request", "body must be application/x-www-form-urlencoded")
@@ -172,7 +174,7 @@ class EmbeddedIssuer:
             scopes = tuple(dict.fromkeys(requested.split()))
             if not scopes or not set(scopes) <= set(client.scopes):
                 raise OAuthError("invalid_scope", "requested scope is not allowed for this client")
-        return self.mint(client, scopes)
+        return client.client_id, self.mint(client, scopes)
 
 
 def _client_credentials(params: Mapping[str, str], authorization: str | None) -> tuple[str, str]:

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from audit.stage import append_plain
 from gateway.app import components_of
-from gateway.errors import NotFound
+from gateway.errors import NotFound, OAuthError
 from gateway.routes._json import json_response
 from security.issuer import EmbeddedIssuer
 
@@ -24,8 +25,31 @@ def _issuer(request: Request) -> EmbeddedIssuer:
 @router.post("/oauth/token", summary="OAuth2 token endpoint (client_credentials)")
 async def token(request: Request) -> Response:
     issuer = _issuer(request)
-    body = await issuer.token_endpoint(await request.body(), request.headers)
+    try:
+        client_id, body = await issuer.token_endpoint(await request.body(), request.headers)
+    except OAuthError as exc:
+        # Failed client authentication is security-relevant: it is recorded too.
+        await _audit_token(request, None, exc.status, exc.error)
+        raise
+    # Fail closed: no token leaves the gateway unless its issuance is on record.
+    await _audit_token(request, client_id, 200, "ok")
     return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+async def _audit_token(request: Request, client_id: str | None, status: int, outcome: str) -> None:
+    components = components_of(request)
+    if components.audit is None:
+        return
+    await append_plain(
+        components.audit,
+        components.clock,
+        request_id=request.scope["state"]["request_id"],
+        route="/oauth/token",
+        action="token.issue",
+        client_id=client_id,
+        status=status,
+        outcome=outcome,
+    )
 
 
 @router.get("/.well-known/jwks.json", summary="The embedded issuer's public keys")

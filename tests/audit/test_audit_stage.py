@@ -323,3 +323,30 @@ def test_records_carry_the_status_of_route_work_after_authorization(
             outcome,
             "refuse",
         )
+
+
+def test_token_issuance_and_failed_client_auth_are_recorded(
+    app_client: TestClient, initialised: Any
+) -> None:
+    secret = initialised.client_secrets["demo"].read_text().strip()
+    granted = app_client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=("demo", secret)
+    )
+    assert granted.status_code == 200
+    issued = record_for(app_client, granted.headers["x-request-id"])
+    assert (issued["action"], issued["client_id"], issued["outcome"]) == (
+        "token.issue",
+        "demo",
+        "ok",
+    )
+    refused = app_client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=("demo", "wrong")
+    )
+    assert refused.status_code == 401
+    failed = record_for(app_client, refused.headers["x-request-id"])
+    assert (failed["client_id"], failed["outcome"], failed["decision"]) == (
+        None,
+        "invalid_client",
+        "deny",
+    )
+    assert "wrong" not in str(failed)
