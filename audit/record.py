@@ -18,7 +18,6 @@ RECORD_VERSION = 1
 KIND_REQUEST = "request"
 KIND_ERASURE = "erasure"
 KIND_RETENTION = "retention"
-KIND_CHECKPOINT_REFUSED = "checkpoint-refused"
 KIND_POLICY_RELOAD = "policy-reload"
 
 
