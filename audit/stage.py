@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from audit.appender import AppendFailed
 from audit.log import AuditLog
@@ -14,6 +15,14 @@ from gateway.errors import AuditUnavailable, GatewayError
 from gateway.pipeline import RankQuery, RequestContext
 
 log = logging.getLogger("gateway.audit")
+
+
+async def append_durably(audit_log: AuditLog, record: dict[str, Any]) -> None:
+    """Append, or refuse the request: a record that is not durable fails it (fail closed)."""
+    try:
+        await audit_log.append(record)
+    except AppendFailed as exc:
+        raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
 
 
 class AuditStage:
@@ -63,10 +72,7 @@ class AuditStage:
             latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
             sealed=sealed,
         )
-        try:
-            await self._log.append(record)
-        except AppendFailed as exc:
-            raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
+        await append_durably(self._log, record)
 
 
 async def append_plain(
@@ -84,26 +90,24 @@ async def append_plain(
 
     Raises AuditUnavailable when the record cannot be made durable (fail closed).
     """
-    try:
-        await audit_log.append(
-            request_record(
-                ts_ms=int(clock() * 1000),
-                request_id=request_id,
-                route=route,
-                action=action,
-                client_id=client_id,
-                issuer=None,
-                subject=None,
-                status=status,
-                outcome=outcome,
-                policy_ids=[],
-                model=None,
-                latency_us=0,
-                sealed=None,
-            )
-        )
-    except AppendFailed as exc:
-        raise AuditUnavailable(log_cause=f"audit append: {exc}") from exc
+    await append_durably(
+        audit_log,
+        request_record(
+            ts_ms=int(clock() * 1000),
+            request_id=request_id,
+            route=route,
+            action=action,
+            client_id=client_id,
+            issuer=None,
+            subject=None,
+            status=status,
+            outcome=outcome,
+            policy_ids=[],
+            model=None,
+            latency_us=0,
+            sealed=None,
+        ),
+    )
 
 
 def transport_refusal_recorder(
