@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from audit.keys import handle_key, load_kek, load_signer
+from audit.keys import handle_key, load_signer
 from audit.log import AuditLog
 from audit.sqlite_store import SqliteAuditStore
 from audit.store import AuditStore, StoreError
 from audit.subjects import SubjectKeys
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings
+from security.keyring import keyring_from_settings
 
 
 def open_store(settings: Settings) -> AuditStore:
@@ -31,10 +32,13 @@ def open_store(settings: Settings) -> AuditStore:
 def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time) -> AuditLog:
     cfg = settings.audit
     signer = load_signer(settings.resolve(cfg.signing_key_file))
-    kek = load_kek(settings.resolve(cfg.kek_file))
+    # Subject keys are wrapped by the keyring's KEKs (the old keys/audit-kek.bin is adopted).
+    keyring = keyring_from_settings(settings)
     store = open_store(settings)
     subjects = SubjectKeys(
-        store, kek=kek, handle_key=handle_key(settings.secret_key.get_secret_value().encode())
+        store,
+        keyring=keyring,
+        handle_key=handle_key(settings.secret_key.get_secret_value().encode()),
     )
     return AuditLog(
         store,

@@ -150,6 +150,14 @@ _QUERIES = {
         "SELECT handle, key_id, wrapped FROM {s}.subject_keys WHERE pseudonym = %s"
     ),
     "delete_subject": "DELETE FROM {s}.subject_keys WHERE handle = %s",
+    "subjects_after": (
+        "SELECT handle, key_id, wrapped FROM {s}.subject_keys WHERE handle > %s "
+        "ORDER BY handle LIMIT %s"
+    ),
+    "rewrap_subject": (
+        "UPDATE {s}.subject_keys SET key_id = %s, wrapped = %s WHERE handle = %s AND key_id = %s"
+    ),
+    "subject_key_ids": "SELECT key_id, count(*) FROM {s}.subject_keys GROUP BY key_id",
     "watermark_for_update": "SELECT purged_below FROM {s}.audit_retention WHERE id = 1 FOR UPDATE",
     "set_watermark": "UPDATE {s}.audit_retention SET purged_below = %s WHERE id = 1",
     "purge": "DELETE FROM {s}.audit_payloads WHERE idx < %s",
@@ -358,6 +366,26 @@ class PostgresAuditStore:
             except psycopg.Error as exc:
                 raise StoreError(f"subject key delete failed: {exc}") from exc
             return cursor.rowcount > 0
+
+    def subject_keys_after(self, handle: bytes, limit: int) -> list[tuple[bytes, str, bytes]]:
+        rows = self._all("subjects_after", (handle, limit))
+        return [(bytes(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def rewrap_subject_key(
+        self, handle: bytes, old_key_id: str, new_key_id: str, wrapped: bytes
+    ) -> bool:
+        with self._write_lock:
+            try:
+                conn = self._live(self._write, "_write")
+                cursor = conn.execute(
+                    self._q["rewrap_subject"], (new_key_id, wrapped, handle, old_key_id)
+                )
+            except psycopg.Error as exc:
+                raise StoreError(f"subject key rewrap failed: {exc}") from exc
+            return cursor.rowcount > 0
+
+    def subject_key_ids(self) -> dict[str, int]:
+        return {str(r[0]): int(r[1]) for r in self._all("subject_key_ids")}
 
     def purge_payloads_before(self, index: int) -> int:
         with self._write_lock:

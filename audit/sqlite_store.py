@@ -209,6 +209,32 @@ class SqliteAuditStore:
                 raise StoreError(f"subject key delete failed: {exc}") from exc
         return cursor.rowcount > 0
 
+    def subject_keys_after(self, handle: bytes, limit: int) -> list[tuple[bytes, str, bytes]]:
+        rows = self._all(
+            "SELECT handle, key_id, wrapped FROM subject_keys WHERE handle > ? "
+            "ORDER BY handle LIMIT ?",
+            (handle, limit),
+        )
+        return [(bytes(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def rewrap_subject_key(
+        self, handle: bytes, old_key_id: str, new_key_id: str, wrapped: bytes
+    ) -> bool:
+        with self._write_lock:
+            try:
+                cursor = self._write.execute(
+                    "UPDATE subject_keys SET key_id = ?, wrapped = ? "
+                    "WHERE handle = ? AND key_id = ?",
+                    (new_key_id, wrapped, handle, old_key_id),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"subject key rewrap failed: {exc}") from exc
+        return cursor.rowcount > 0
+
+    def subject_key_ids(self) -> dict[str, int]:
+        rows = self._all("SELECT key_id, count(*) FROM subject_keys GROUP BY key_id")
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def purge_payloads_before(self, index: int) -> int:
         with self._write_lock:
             conn = self._write

@@ -64,7 +64,7 @@ class AuditStage:
                     "name": model.name,
                     "version": model.version,
                     "digest": model.digest,
-                    "variant": None,
+                    "variant": model.variant,
                 }
                 if model
                 else None

@@ -91,6 +91,20 @@ class AuditStore(Protocol):
 
     def delete_subject_key(self, handle: bytes) -> bool: ...
 
+    def subject_keys_after(self, handle: bytes, limit: int) -> list[tuple[bytes, str, bytes]]:
+        """(handle, key_id, wrapped) in handle order after `handle`: key rotation pages."""
+        ...
+
+    def rewrap_subject_key(
+        self, handle: bytes, old_key_id: str, new_key_id: str, wrapped: bytes
+    ) -> bool:
+        """Replace a wrapped key if it is still wrapped by `old_key_id` (erasure may win)."""
+        ...
+
+    def subject_key_ids(self) -> dict[str, int]:
+        """How many subject keys each KEK wraps (a KEK is deletable only at zero)."""
+        ...
+
     def purge_payloads_before(self, index: int) -> int:
         """Delete payloads with index < `index` (retention); returns how many were deleted."""
         ...

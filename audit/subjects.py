@@ -1,7 +1,8 @@
 """Per-subject data keys: pseudonyms and sealed personal fields that erasure can destroy.
 
 Each data subject gets a random 256-bit key, stored only wrapped (AES-256-GCM) by
-a key-encryption key (a local key file until the keyring exists). The store
+a key-encryption key of the keyring (security/keyring.py), with the subject's
+handle as associated data; `gateway keys rotate` re-wraps them. The store
 finds it by a handle, HMAC(handle key, tenant || subject id), that never appears
 in the log. From the subject key come:
 - the pseudonym written in records: HMAC(subject key, "pseudonym"), stable while
@@ -16,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,8 +28,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.store import AuditStore
 from gateway.randomness import POOL
+from security.keyring import (
+    LEGACY_AUDIT_KEK_ID,
+    KeyProvider,
+    KeyringError,
+    StaticKeyProvider,
+    WrappedKey,
+)
 
-LOCAL_KEK_ID = "local-kek-1"
+LOCAL_KEK_ID = LEGACY_AUDIT_KEK_ID
 _SEAL_AAD = b"gateway-audit-sealed-v1|"
 
 
@@ -57,12 +64,20 @@ def _b64(raw: bytes) -> str:
 
 class SubjectKeys:
     def __init__(
-        self, store: AuditStore, *, kek: bytes, handle_key: bytes, cache_size: int = 50_000
+        self,
+        store: AuditStore,
+        *,
+        handle_key: bytes,
+        keyring: KeyProvider | None = None,
+        kek: bytes | None = None,
+        cache_size: int = 50_000,
     ) -> None:
-        if len(kek) != 32:
-            raise ValueError("the key-encryption key must be 32 bytes")
+        if keyring is None:
+            if kek is None:
+                raise ValueError("give a keyring or a raw key-encryption key")
+            keyring = StaticKeyProvider(LOCAL_KEK_ID, kek)
         self._store = store
-        self._kek = AESGCM(kek)
+        self._keyring = keyring
         self._handle_key = handle_key
         self._cache: OrderedDict[bytes, SubjectKey] = OrderedDict()
         self._cache_size = cache_size
@@ -85,12 +100,10 @@ class SubjectKeys:
         return key
 
     def _unwrap(self, handle: bytes, key_id: str, wrapped: bytes) -> SubjectKey:
-        if key_id != LOCAL_KEK_ID:
-            raise SubjectKeyError(f"subject key wrapped by unknown KEK {key_id!r}")
         try:
-            key = self._kek.decrypt(wrapped[:12], wrapped[12:], handle)
-        except InvalidTag:
-            raise SubjectKeyError("subject key does not unwrap with this KEK") from None
+            key = self._keyring.unwrap(WrappedKey(key_id, wrapped), handle)
+        except KeyringError as exc:
+            raise SubjectKeyError(f"subject key does not unwrap: {exc}") from None
         return SubjectKey(key_id, key)
 
     def get_or_create(self, handle: bytes) -> SubjectKey:
@@ -98,12 +111,14 @@ class SubjectKeys:
         found = self.cached(handle)
         if found is not None:
             return found
-        fresh = SubjectKey(LOCAL_KEK_ID, AESGCM.generate_key(bit_length=256))
-        nonce = os.urandom(12)
-        wrapped = nonce + self._kek.encrypt(nonce, fresh.key, handle)
+        try:
+            wrapped = self._keyring.wrap(AESGCM.generate_key(bit_length=256), handle)
+        except KeyringError as exc:
+            raise SubjectKeyError(f"cannot wrap a new subject key: {exc}") from None
+        fresh = self._unwrap(handle, wrapped.kek_id, wrapped.blob)
         # Another writer may have created this subject's key first; its key wins.
         key_id, stored = self._store.get_or_create_subject_key(
-            handle, fresh.pseudonym, LOCAL_KEK_ID, wrapped
+            handle, fresh.pseudonym, wrapped.kek_id, wrapped.blob
         )
         return self._remember(handle, self._unwrap(handle, key_id, stored))
 
@@ -118,6 +133,28 @@ class SubjectKeys:
         """The key behind a pseudonym found in a record; None once erased."""
         row = self._store.subject_key_by_pseudonym(pseudonym)
         return None if row is None else self._unwrap(*row)
+
+    def rewrap_all(self, batch: int = 1000) -> tuple[int, int]:
+        """Re-wrap every subject key not under the current KEK; returns (rewrapped, total).
+
+        Only the wrapping changes: subject keys, pseudonyms and sealed fields stay as
+        they are. A key erased meanwhile stays erased (the update matches the old KEK).
+        """
+        current = self._keyring.current_key_id()
+        after, done, total = b"", 0, 0
+        while True:
+            rows = self._store.subject_keys_after(after, batch)
+            if not rows:
+                return done, total
+            for handle, key_id, blob in rows:
+                total += 1
+                if key_id == current:
+                    continue
+                key = self._unwrap(handle, key_id, blob).key
+                wrapped = self._keyring.wrap(key, handle)
+                if self._store.rewrap_subject_key(handle, key_id, wrapped.kek_id, wrapped.blob):
+                    done += 1
+            after = rows[-1][0]
 
     def destroy(self, handle: bytes) -> bool:
         self._cache.pop(handle, None)

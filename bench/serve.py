@@ -24,6 +24,7 @@ import numpy as np
 from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
 from gateway.datadir import init_data_dir
 from gateway.settings import load_settings
+from models.demo import model_bytes
 from models.features import FeatureStore
 from models.ranker import Ranker
 
@@ -69,9 +70,8 @@ def main() -> None:
     body_file = work / "body.json"
     body_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
 
-    ranker = Ranker.from_file(
-        settings.resolve(settings.model.path), name="demo-ranker", version="1"
-    )
+    # The committed model: the data directory holds only its encrypted package.
+    ranker = Ranker(name="demo-ranker", version="1", model_bytes=model_bytes())
     inproc = in_process_p50_ms(ranker, store.inputs_for("u7", items))
     ranker.close()
 

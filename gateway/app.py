@@ -29,7 +29,11 @@ from gateway.settings import Settings
 from gateway.transport import TransportMiddleware
 from models.features import FeatureStore
 from models.ranker import Ranker
+from models.registry import ModelRegistry
+from models.serving import inference_observer, open_models
 from models.stages import InferStage, RankStage
+from models.variants import VariantMetrics, VariantRankStage, variant_salt
+from policies.data_policy import Variant
 from policies.errors import PolicyError
 from policies.manager import PolicyManager, ReloadResult
 from policies.stage import PolicyAuthorizeStage
@@ -57,6 +61,8 @@ class Components:
     clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    models: ModelRegistry | None = None
+    variant_metrics: VariantMetrics | None = None
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -132,25 +138,33 @@ def _trusted_issuers(
     return trusts
 
 
-def _load_model(settings: Settings, metrics: Metrics) -> tuple[Ranker, FeatureStore]:
+def _load_model(c: Components) -> None:
+    """Load the signed packages the gateway serves; a refused one is reported not-ready."""
+    settings = c.settings
     cfg = settings.model
-    seconds, rows = metrics.inference_observer(cfg.name)
 
-    def observe(elapsed: float, n: int) -> None:
-        seconds.observe(elapsed)
-        rows.observe(n)
+    def make_ranker(name: str, version: str, model_bytes: bytes) -> Ranker:
+        return Ranker(
+            name=name,
+            version=version,
+            model_bytes=model_bytes,
+            intra_op_threads=cfg.intra_op_threads,
+            inference_threads=cfg.inference_threads,
+            graph_optimization_level=cfg.graph_optimization_level,
+            observe=inference_observer(c.metrics, name),
+        )
 
-    ranker = Ranker.from_file(
-        settings.resolve(cfg.path),
-        name=cfg.name,
-        version=cfg.version,
-        intra_op_threads=cfg.intra_op_threads,
-        inference_threads=cfg.inference_threads,
-        graph_optimization_level=cfg.graph_optimization_level,
-        observe=observe,
+    manager = c.policy
+    opened = open_models(
+        settings, make_ranker, lambda: manager.active.data if manager is not None else None
     )
-    features = FeatureStore.load(settings.resolve(cfg.features_path))
-    return ranker, features
+    c.models = opened.registry
+    c.not_ready.update(opened.not_ready)
+    primary = opened.registry.primary(cfg.name)
+    c.ranker = primary.ranker if primary is not None else None
+    if c.ranker is None and not c.not_ready:
+        c.not_ready["model"] = f"{cfg.name} {cfg.version} not loaded"
+    c.features = FeatureStore.load(settings.resolve(cfg.features_path))
 
 
 def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
@@ -184,18 +198,20 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         http=http,
         clock=clock,
     )
-    try:
-        components.ranker, components.features = _load_model(settings, metrics)
-    except (ConfigurationError, OSError, ValueError) as exc:
-        # Not-ready rather than refusing to start: /readyz says why, nothing else is served.
-        components.not_ready["model"] = str(exc)
-        log.error("model %s not loaded: %s", settings.model.name, exc)
-    metrics.model_ready.labels(settings.model.name).set(0 if components.not_ready else 1)
     if settings.policy.engine == "cedar":
         components.policy = _open_policy(settings)
         metrics.observe_policy(components.policy.active)
     else:
         log.warning("POLICY ENGINE OFF (dev mode): authorization by fixed scope table")
+    # After the policy: loading checks each package against it (names, min_version).
+    try:
+        _load_model(components)
+    except (ConfigurationError, OSError, ValueError) as exc:
+        # Not-ready rather than refusing to start: /readyz says why, nothing else is served.
+        components.not_ready["model"] = str(exc)
+        log.error("model %s not loaded: %s", settings.model.name, exc)
+    metrics.model_ready.labels(settings.model.name).set(0 if components.not_ready else 1)
+    components.variant_metrics = VariantMetrics.register(metrics.registry)
     if settings.audit.enabled:
         components.audit = open_audit_log(settings, clock=clock)
     else:
@@ -214,8 +230,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         for task in watchers:
             task.cancel()
         await http.aclose()
-        if components.ranker is not None:
-            components.ranker.close()
+        if components.models is not None:
+            components.models.close()
         if components.audit is not None:
             await components.audit.close()
             components.audit.store.close()
@@ -229,13 +245,14 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     )
     app.state.components = components
     install_error_handlers(app)
-    from gateway.routes import admin, audit, health, oauth, oip, rank
+    from gateway.routes import admin, audit, health, models_admin, oauth, oip, rank
 
     for router in (
         rank.router,
         oip.router,
         audit.router,
         admin.router,
+        models_admin.router,
         oauth.router,
         health.router,
     ):
@@ -396,11 +413,33 @@ def _build_pipelines(c: Components) -> None:
         RankDecodeStage(
             max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
         ),
-        RankStage(c.ranker, c.features),
+        _rank_stage(c, c.features),
         RankRespondStage(_output_policy(c)),
     )
     c.pipelines["infer"] = pipeline(
         InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
         InferStage(c.ranker),
         InferRespondStage(c.ranker.outputs),
+    )
+
+
+def _rank_stage(c: Components, features: FeatureStore) -> Stage:
+    """Stage 6 of /v1/rank: the A/B arm (or the primary) of the registry, read per request."""
+    name = c.settings.model.name
+    if c.models is None or c.variant_metrics is None:
+        assert c.ranker is not None  # noqa: S101 - callers check
+        return RankStage(c.ranker, features)
+    manager = c.policy
+
+    def variants_for(model: str) -> tuple[tuple[Variant, ...], str | None]:
+        policy = manager.active.data.model(model) if manager is not None else None
+        return (policy.variants, policy.shadow_version) if policy is not None else ((), None)
+
+    return VariantRankStage(
+        name,
+        c.models,
+        stage_for=lambda loaded: RankStage(loaded.ranker, features),
+        variants_for=variants_for,
+        salt=variant_salt(c.settings.secret_key.get_secret_value().encode()),
+        metrics=c.variant_metrics,
     )

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_keys import keys_app
+from gateway.cli_models import models_app
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings, load_settings
 
@@ -23,8 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Inspect served models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="Verify, checkpoint and export the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 policy_app = typer.Typer(help="Lint, test, sign and diff policy bundles.", no_args_is_help=True)
@@ -219,20 +221,6 @@ def token(
             f"client '{client}' may not have scope(s) {sorted(set(scopes) - set(found.scopes))}"
         )
     typer.echo(issuer.mint(found, scopes)["access_token"])
-
-
-@models_app.command("list")
-def models_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Show the configured model and its package digest."""
-    import hashlib
-
-    settings = _settings(data_dir, config)
-    path = settings.resolve(settings.model.path)
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise ConfigurationError(f"model file not found: {path}; run `gateway init`") from None
-    typer.echo(f"{settings.model.name}\t{settings.model.version}\tsha256:{digest}\t{path}")
 
 
 @audit_app.command("verify")

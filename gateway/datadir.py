@@ -14,9 +14,12 @@ from audit.keys import create_audit_keys
 from gateway.errors import ConfigurationError
 from gateway.files import write_private
 from models.demo import install_demo
+from models.demo_package import package_demo
+from models.signing import create_signing_key as create_model_signing_key
 from policies.errors import PolicyError
 from policies.install import install_default_bundle
 from security.issuer import create_signing_key
+from security.keyring import KeyringError, open_keyring
 from security.secrets import hash_secret, new_secret
 
 CONFIG_NAME = "gateway.toml"
@@ -26,6 +29,8 @@ AUDIT_KEK = "keys/audit-kek.bin"
 POLICY_BUNDLE = "policy"
 POLICY_KEY = "keys/policy-signing.key"
 POLICY_PUBLIC_KEY = "keys/policy-signing.pub"
+MODEL_SIGNING_KEY = "keys/model-signing.key"
+MODEL_SIGNING_PUBLIC_KEY = "keys/model-signing.pub"
 DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
     "demo": ("rank", "infer"),
     "operator": ("rank", "infer", "admin", "audit:read", "audit:export"),
@@ -94,9 +99,9 @@ def init_data_dir(data_dir: Path) -> InitReport:
             text, secret_files = _default_config(data_dir, secrets_dir)
             write_private(config, text.encode())
             created.append(str(config))
-        created += [
-            str(p) for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, data_dir / AUDIT_KEK)
-        ]
+        # The keyring first: it adopts an existing audit KEK file, else makes its own KEK.
+        created += [str(p) for p in init_model_keys(data_dir)]
+        created += [str(p) for p in create_audit_keys(data_dir / AUDIT_SIGNING_KEY, None)]
         created += [
             str(p)
             for p in install_default_bundle(
@@ -105,9 +110,29 @@ def init_data_dir(data_dir: Path) -> InitReport:
         ]
         demo = install_demo(data_dir)
         if demo.created:
-            created.append(str(demo.model))
+            created.append(str(demo.feature_store))
+        packaged = package_demo(
+            data_dir,
+            keyring=open_keyring(data_dir / "keys", legacy_audit_kek=data_dir / AUDIT_KEK),
+            signing_key=data_dir / MODEL_SIGNING_KEY,
+            store_path=demo.feature_store,
+        )
+        if packaged is not None:
+            created.append(str(packaged.directory))
     except OSError as exc:
         raise ConfigurationError(f"cannot initialise {data_dir}: {exc.strerror or exc}") from exc
     except PolicyError as exc:
         raise ConfigurationError(f"default policy bundle: {exc}") from exc
+    except KeyringError as exc:
+        raise ConfigurationError(f"keyring: {exc}") from exc
     return InitReport(data_dir, config, tuple(created), secret_files)
+
+
+def init_model_keys(data_dir: Path) -> list[Path]:
+    """The keyring (one active KEK) and the model-signing key pair; never overwrites."""
+    keyring = open_keyring(data_dir / "keys", legacy_audit_kek=data_dir / AUDIT_KEK)
+    created = keyring.ensure()
+    created += create_model_signing_key(
+        data_dir / MODEL_SIGNING_KEY, data_dir / MODEL_SIGNING_PUBLIC_KEY
+    )
+    return created

@@ -41,6 +41,10 @@ class ModelRef:
     name: str
     version: str
     digest: str
+    # SHA-256 of the signed package's manifest; None for an unpackaged (dev) model.
+    package_digest: str | None = None
+    # The A/B arm that served the request ("A", "B", ...); None without a split.
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import InternalError
-from gateway.pipeline import InferQuery, InferResult, RankQuery, RankResult, RequestContext
+from gateway.pipeline import (
+    InferQuery,
+    InferResult,
+    ModelRef,
+    RankQuery,
+    RankResult,
+    RequestContext,
+)
 from models.ranker import TensorSpec
 
 # float32 carries ~7 significant digits; more would only print noise.
@@ -31,6 +38,16 @@ class OutputShape:
 
 def _full_scores(_model: str) -> OutputShape:
     return OutputShape()
+
+
+def model_object(model: ModelRef) -> dict[str, str]:
+    """The response's `model`: name, version, and where known the package digest and A/B arm."""
+    out = {"name": model.name, "version": model.version}
+    if model.package_digest is not None:
+        out["package_digest"] = f"sha256:{model.package_digest}"
+    if model.variant is not None:
+        out["variant"] = model.variant
+    return out
 
 
 class RankRespondStage:
@@ -62,7 +79,7 @@ class RankRespondStage:
             ]
         body = {
             "request_id": ctx.request_id,
-            "model": {"name": ctx.model.name, "version": ctx.model.version},
+            "model": model_object(ctx.model),
             "personalized": not result.cold_start,
             "items": items,
         }

@@ -136,6 +136,30 @@ class PolicySettings(_Frozen):
     shadow_bundle: str | None = None
 
 
+class PackageSettings(_Frozen):
+    """Signed, encrypted model packages (models/loader.py); `model.name`/`version` pick one."""
+
+    # Relative to the data directory: <directory>/<name>/<version>/ holds each package.
+    directory: str = "models"
+    # PEM public keys (EC P-256/384/521) trusted to sign packages, besides the key file
+    # and the policy bundle's model_signers.
+    trusted_signer_keys: tuple[str, ...] = ()
+    trusted_signer_keys_file: str = "keys/model-signing.pub"
+    # The private key `gateway init` and `gateway models pack` sign with.
+    signing_key_file: str = "keys/model-signing.key"
+    max_package_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    # DEVELOPMENT ONLY (dev_mode): serve `model.path` as a plain, unsigned, unencrypted
+    # .onnx. Anyone who can write that file chooses what the gateway serves.
+    unsafe_allow_plaintext_model: bool = False
+
+
+class KeyringSettings(_Frozen):
+    """Key-encryption keys (security/keyring.py): DEKs of models and audit subjects."""
+
+    directory: str = "keys"
+    provider: Literal["local"] = "local"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -158,6 +182,8 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    packages: PackageSettings = PackageSettings()
+    keyring: KeyringSettings = KeyringSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -193,6 +219,10 @@ class Settings(BaseSettings):
             raise ConfigurationError("audit.enabled = false is accepted only in dev mode")
         if self.policy.engine != "cedar":
             raise ConfigurationError("policy.engine = scopes is accepted only in dev mode")
+        if self.packages.unsafe_allow_plaintext_model:
+            raise ConfigurationError(
+                "packages.unsafe_allow_plaintext_model is accepted only in dev mode"
+            )
         if self.secret_key.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError(
                 "secret_key is a placeholder; run `gateway init` or set GATEWAY_SECRET_KEY "

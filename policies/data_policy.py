@@ -10,12 +10,14 @@ compliance setting must fail the load, not silently fall back to a default.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+_SIGNER_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 OutputMode = Literal["scores", "rounded", "rank_only", "top_k"]
 Operator = Literal["replace", "mask", "pseudonymize"]
 ConsentSource = Literal["gpc", "tcf", "store"]
@@ -138,20 +140,23 @@ class RetentionPolicy(_Strict):
 
 
 class ModelSigner(_Strict):
-    """A key trusted to sign model packages (raw Ed25519 public key, base64)."""
+    """A key trusted to sign model packages: a PEM EC public key (P-256/384/521).
+
+    OpenSSF model-signing's key-based signatures are ECDSA, not Ed25519 (models/signing.py).
+    """
 
     name: str = Field(min_length=1)
     public_key: str
 
     @field_validator("public_key")
     @classmethod
-    def _raw_ed25519(cls, value: str) -> str:
+    def _pem_ec_key(cls, value: str) -> str:
         try:
-            raw = base64.b64decode(value, validate=True)
-        except binascii.Error as exc:
-            raise ValueError("public_key is not base64") from exc
-        if len(raw) != 32:
-            raise ValueError("public_key must be a raw 32-byte Ed25519 key")
+            key = serialization.load_pem_public_key(value.encode())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError("public_key is not a PEM public key") from exc
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SIGNER_CURVES:
+            raise ValueError("public_key must be an EC P-256, P-384 or P-521 key")
         return value
 
 

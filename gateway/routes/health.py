@@ -28,6 +28,14 @@ async def readyz(request: Request) -> Response:
     if components.ranker is not None:
         checks["model_version"] = components.ranker.ref.version
         checks["model_digest"] = f"sha256:{components.ranker.ref.digest}"
+        package = components.ranker.ref.package_digest
+        checks["package_digest"] = f"sha256:{package}" if package else "unpackaged"
+    if components.not_ready:
+        # Which model version was refused and at which loader step (operators only see this).
+        # Step and error class only: paths and details are in the log.
+        checks["not_ready"] = {
+            k: ":".join(v.split(":")[:2]) for k, v in components.not_ready.items()
+        }
     if components.policy is not None:
         bundle = components.policy.active
         checks["policy"] = {

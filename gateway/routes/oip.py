@@ -25,7 +25,9 @@ def _missing_model(components: Components, name: str, version: str | None) -> No
     model = components.settings.model
     if name != model.name:
         return NotFound(f"model '{name}' is not served here")
-    if version not in (None, model.version):
+    # OIP serves the primary version, which an admin hot swap may have changed.
+    served = components.ranker.ref.version if components.ranker is not None else model.version
+    if version not in (None, served):
         return NotFound(f"model '{name}' has no version '{version}'")
     return None
 
@@ -61,13 +63,20 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         ranker = components.ranker
         if ranker is None:
             raise ModelNotReady("the model is not loaded")
+        loaded = components.models.loaded() if components.models is not None else []
+        versions = [m.version for m in loaded if m.name == ranker.ref.name]
+        package = ranker.ref.package_digest
         return {
             "name": ranker.ref.name,
-            "versions": [ranker.ref.version],
+            "versions": versions or [ranker.ref.version],
             "platform": "onnxruntime_onnx",
             "inputs": [spec.as_oip() for spec in ranker.inputs],
             "outputs": [spec.as_oip() for spec in ranker.outputs],
-            "parameters": {"package_digest": f"sha256:{ranker.ref.digest}"},
+            "parameters": {
+                "version": ranker.ref.version,
+                "model_digest": f"sha256:{ranker.ref.digest}",
+                "package_digest": f"sha256:{package}" if package else "unpackaged",
+            },
         }
 
     ctx = await components.pipeline("model.read").run(

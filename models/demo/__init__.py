@@ -1,9 +1,11 @@
 """The demo recommender: synthetic data, feature store and a committed ONNX ranker.
 
 `install_demo` is what `gateway init` uses: it regenerates the feature store
-from the model card's seed (numpy only, a second or so), refuses to continue if
-the regenerated store is not the one the model was trained against, and copies
-the committed model next to it. It never needs torch.
+from the model card's seed (numpy only, a second or so) and refuses to continue
+if the regenerated store is not the one the model was trained against. It never
+needs torch. The model itself is not copied: `gateway init` packages it
+(encrypted, signed; models/demo_package.py), because the gateway serves only
+packages.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ def load_card() -> dict[str, Any]:
 @dataclass(frozen=True)
 class DemoInstall:
     feature_store: Path
-    model: Path
     model_card: Path
     feature_digest: str
     model_sha256: str
@@ -105,9 +106,7 @@ def install_demo(data_dir: Path, *, card: Mapping[str, Any] | None = None) -> De
     expected = str(card["features"]["store_digest"])
 
     store = data_dir / "demo" / "features.npz"
-    model_dir = data_dir / "models" / MODEL_NAME / MODEL_VERSION
-    model_path = model_dir / "model.onnx"
-    card_path = model_dir / CARD_NAME
+    card_path = data_dir / "demo" / CARD_NAME
     card_bytes = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     created = False
 
@@ -126,15 +125,11 @@ def install_demo(data_dir: Path, *, card: Mapping[str, Any] | None = None) -> De
             )
         write_feature_store(store, tables)
         created = True
-    if not model_path.is_file() or hashlib.sha256(model_path.read_bytes()).hexdigest() != sha:
-        _write_atomic(model_path, blob)
-        created = True
     if not card_path.is_file() or card_path.read_bytes() != card_bytes:
         _write_atomic(card_path, card_bytes)
         created = True
     return DemoInstall(
         feature_store=store,
-        model=model_path,
         model_card=card_path,
         feature_digest=expected,
         model_sha256=sha,

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.settings import Settings
+from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
 from models.ort import session_from_bytes
 
@@ -48,7 +49,7 @@ def test_model_metadata_matches_the_onnx_signature(
 ) -> None:
     assert client.get(MODEL).status_code == 401
     meta = client.get(MODEL, headers=auth()).json()
-    session = session_from_bytes(settings.resolve(settings.model.path).read_bytes())
+    session = session_from_bytes(demo_model_bytes())
     assert meta["name"] == "demo-ranker"
     assert meta["versions"] == ["1"]
     assert [i["name"] for i in meta["inputs"]] == [i.name for i in session.get_inputs()]
@@ -81,7 +82,7 @@ def test_infer_echoes_id_and_matches_onnxruntime(
     assert out["name"] == "score"
     assert out["datatype"] == "FP32"
     assert out["shape"] == [4]
-    session = session_from_bytes(settings.resolve(settings.model.path).read_bytes())
+    session = session_from_bytes(demo_model_bytes())
     (expected,) = session.run(["score"], feeds)
     np.testing.assert_allclose(out["data"], expected.reshape(-1), rtol=1e-6)
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.settings import Settings
+from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
 from models.ort import session_from_bytes
 
@@ -23,7 +24,7 @@ def store(settings: Settings) -> FeatureStore:
 def direct_scores(
     settings: Settings, store: FeatureStore, user: str, items: list[str]
 ) -> np.ndarray:
-    session = session_from_bytes(settings.resolve(settings.model.path).read_bytes())
+    session = session_from_bytes(demo_model_bytes())
     (scores,) = session.run(["score"], store.inputs_for(user, items))
     return np.asarray(scores, dtype=np.float64).reshape(-1)
 
@@ -45,7 +46,9 @@ def test_ranking_matches_direct_onnxruntime(
     # The default policy bundle hardens output to 3 decimals; the order is the model's own.
     np.testing.assert_allclose(got, np.round(expected[order], 3), atol=1e-9)
     assert body["personalized"] is True
-    assert body["model"] == {"name": "demo-ranker", "version": "1"}
+    model = body["model"]
+    assert (model["name"], model["version"]) == ("demo-ranker", "1")
+    assert model["package_digest"].startswith("sha256:")  # the signed package served
     assert body["request_id"] == response.headers["x-request-id"]
 
 

@@ -88,7 +88,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 def test_missing_model_is_not_ready_and_refuses(
     make_settings: Callable[..., Settings], auth: Callable[..., dict[str, str]]
 ) -> None:
-    broken = make_settings(model={"path": "models/absent/model.onnx"})
+    broken = make_settings(model={"version": "absent"})
     with TestClient(create_app(broken)) as not_ready:
         assert not_ready.get("/readyz").status_code == 503
         assert not_ready.get("/v2/health/ready").status_code == 503

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gateway.settings import Settings
+from models.demo import ASSETS_DIR, MODEL_ASSET
 
 SCRIPT = """
 import os, sys
@@ -37,7 +38,7 @@ def test_no_files_under_home_after_inference(tmp_path: Path, settings: Settings)
             sys.executable,
             "-c",
             SCRIPT,
-            str(settings.resolve(settings.model.path)),
+            str(ASSETS_DIR / MODEL_ASSET),
             str(settings.resolve(settings.model.features_path)),
         ],
         capture_output=True,
