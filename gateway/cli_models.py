@@ -82,7 +82,7 @@ def models_pack(
     key: Annotated[
         Path | None, typer.Option("--key", help="Signing key (default: packages.signing_key_file)")
     ] = None,
-    max_score_diff: Annotated[float, typer.Option(help="INT8 gate: max |score change|")] = 0.02,
+    max_score_diff: Annotated[float, typer.Option(help="INT8 gate: max |score change|")] = 0.05,
     max_auc_drop: Annotated[float, typer.Option(help="INT8 gate: max AUC drop")] = 0.005,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,

@@ -7,6 +7,9 @@ derived from the shared secret key) and unpredictable without the salt (a client
 cannot pick its arm by choosing user ids). Changing weights moves only the users
 near a boundary.
 
+A bundle with fewer than two variants splits nothing: the primary version (the
+configured one, or what the admin API last loaded) serves every request.
+
 Shadow mode scores the request with `shadow_version` too and returns the primary
 answer; the shadow's outcome and score difference go to metrics only.
 """
@@ -131,10 +134,8 @@ class VariantRankStage:
             index = assign(self._salt, self._model, user_id, variants)
             label, wanted = variant_label(index), variants[index].version
             chosen = self._registry.get(self._model, wanted)
-        elif len(variants) == 1:
-            wanted = variants[0].version
-            chosen = self._registry.get(self._model, wanted)
         else:
+            # Fewer than two arms is no experiment: the primary (config, admin hot swap) serves.
             wanted = "primary"
             chosen = self._registry.primary(self._model)
         if chosen is None:
