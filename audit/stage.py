@@ -64,6 +64,7 @@ class AuditStage:
                     "name": model.name,
                     "version": model.version,
                     "digest": model.digest,
+                    "package_digest": model.package_digest,
                     "variant": model.variant,
                 }
                 if model

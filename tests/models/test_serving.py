@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
@@ -14,6 +18,8 @@ from gateway.cli_keys import key_references, rotate
 from gateway.datadir import init_data_dir
 from gateway.errors import ConfigurationError
 from models.demo import model_bytes
+from models.signing import create_signing_key, sign_package
+from policies.data_policy import ModelSigner
 from tests.models.conftest import Box, flip_bit
 
 RANK = {"user_id": "u7", "item_ids": ["i1", "i7", "i19", "i250"]}
@@ -196,3 +202,37 @@ def test_delete_retired_keeps_a_key_that_still_wraps_something(box: Box) -> None
     assert deleted == []
     assert kept == {old: 1}
     assert box.registry().load("demo-ranker", "1").package is not None
+
+
+def test_bundle_model_signers_are_trusted_signers(box: Box, tmp_path: Path) -> None:
+    """A package signed by the ML team's key loads once the bundle names that key."""
+    create_signing_key(tmp_path / "team.key", tmp_path / "team.pub")
+    box.pack("2")
+    (box.package("2") / "model.sig").unlink()
+    sign_package(box.package("2"), tmp_path / "team.key")
+    with TestClient(create_app(box.settings())) as client:
+        refused = client.post(LOAD.format("2"), headers=box.headers())
+        assert refused.status_code == 422
+        assert "UntrustedSignerError" in refused.json()["detail"]
+    pem = (tmp_path / "team.pub").read_text()
+    indented = "\n".join("      " + line for line in pem.strip().splitlines())
+    box.edit_data_policy(
+        "model_signers: []", f"model_signers:\n  - name: ml-team\n    public_key: |\n{indented}"
+    )
+    with TestClient(create_app(box.settings())) as client:
+        loaded = client.post(LOAD.format("2"), headers=box.headers())
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["loaded"]["signer"] == "policy:ml-team"
+
+
+def test_model_signers_must_be_ec_pem_keys() -> None:
+    with pytest.raises(ValueError, match="PEM"):
+        ModelSigner(name="x", public_key=base64.b64encode(b"\1" * 32).decode())
+    rsa_pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with pytest.raises(ValueError, match="EC P-256"):
+        ModelSigner(name="x", public_key=rsa_pem)

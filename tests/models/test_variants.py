@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 
@@ -91,6 +92,10 @@ def test_gateway_serves_the_assigned_arm_and_shadows_without_answering(box: Box)
             "/v1/rank", json={"user_id": "u1", "item_ids": ["i3"]}, headers=headers
         ).json()
         assert again["model"]["variant"] == seen["u1"]
+        store = client.app.state.components.audit.store  # type: ignore[attr-defined]
+        last = json.loads(store.leaf(store.size() - 1).payload)
+        assert last["model"]["variant"] == seen["u1"]
+        assert last["model"]["package_digest"] == again["model"]["package_digest"][7:]
         metrics = client.get("/metrics").text
         assert (
             'gateway_model_variant_requests_total{model="demo-ranker",variant="A",version="1"}'
