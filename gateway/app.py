@@ -30,7 +30,7 @@ from gateway.transport import TransportMiddleware
 from models.features import FeatureStore
 from models.ranker import Ranker
 from models.registry import ModelRegistry
-from models.serving import inference_observer, open_models
+from models.serving import inference_observer, load_missing_versions, open_models
 from models.stages import InferStage, RankStage
 from models.variants import VariantMetrics, VariantRankStage, variant_salt
 from policies.data_policy import Variant
@@ -310,6 +310,11 @@ async def reload_policy(components: Components, trigger: str) -> ReloadResult:
     components.metrics.policy_reloads.labels(outcome).inc()
     if result.swapped:
         components.metrics.observe_policy(result.bundle)
+        if components.models is not None:
+            # The new bundle may name new A/B arms or a shadow version: load them now.
+            await load_missing_versions(
+                components.models, components.settings, result.bundle.data, components.not_ready
+            )
     if components.audit is not None:
         await components.audit.append(
             event_record(

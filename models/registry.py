@@ -79,8 +79,11 @@ class ModelRegistry:
         policy: Callable[[], PolicyView | None],
         make_ranker: MakeRanker,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        retire_grace_s: float = 30.0,
     ) -> None:
         self.root = root
+        # How long a replaced session stays open for requests already running on it.
+        self.retire_grace_s = retire_grace_s
         self._trusted = trusted
         self._keyring = keyring
         self._policy = policy
@@ -137,7 +140,7 @@ class ModelRegistry:
             previous = self._loaded.get((name, version))
             self._loaded[(name, version)] = loaded
         if previous is not None and previous is not self._primary.get(name):
-            self.retire(previous)
+            self.retire(previous, self.retire_grace_s)
         return loaded
 
     def adopt(self, loaded: LoadedModel) -> None:
@@ -189,7 +192,7 @@ class ModelRegistry:
             del self._loaded[(name, version)]
         return loaded
 
-    def retire(self, old: LoadedModel, grace_s: float = 0.0) -> None:
+    def retire(self, old: LoadedModel, grace_s: float) -> None:
         """Close a replaced model's session once requests already on it are done."""
 
         def close() -> None:

@@ -9,6 +9,7 @@ served in its place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ def open_models(
         policy=policy_view(policy),
         make_ranker=make_ranker,
         max_bytes=settings.packages.max_package_bytes,
+        retire_grace_s=settings.limits.request_timeout_s + 1,
     )
     opened = OpenedModels(registry)
     if settings.packages.unsafe_allow_plaintext_model:
@@ -131,6 +133,27 @@ def open_models(
     if registry.get(cfg.name, cfg.version) is not None:
         registry.activate(cfg.name, cfg.version)
     return opened
+
+
+async def load_missing_versions(
+    registry: ModelRegistry, settings: Settings, data: DataPolicy | None, not_ready: dict[str, str]
+) -> None:
+    """After a policy reload: load the arms and shadow the new bundle names (not primary)."""
+    name = settings.model.name
+    wanted = wanted_versions(settings, data)
+    for key in [k for k in not_ready if k.startswith(f"model:{name}@")]:
+        if key.split("@", 1)[1] not in wanted:
+            del not_ready[key]  # the bundle no longer asks for that version
+    for version in wanted:
+        if registry.get(name, version) is not None:
+            continue
+        try:
+            await asyncio.to_thread(registry.load, name, version)
+        except ModelPackageError as exc:
+            not_ready[not_ready_key(name, version)] = f"{exc.step}: {type(exc).__name__}: {exc}"
+            log.error("model %s %s refused at step %s: %s", name, version, exc.step, exc)
+        else:
+            not_ready.pop(not_ready_key(name, version), None)
 
 
 def inference_observer(metrics: Metrics, name: str) -> Callable[[float, int], None]:

@@ -60,7 +60,7 @@ async def load_version(c: Components, name: str, version: str, *, activate: bool
             _build_pipelines(c)
             if previous is not None and registry.get(name, previous.version) is not previous:
                 # Replaced by a reload of the same version: nobody new can reach it.
-                registry.retire(previous, grace_s=c.settings.limits.request_timeout_s + 1)
+                registry.retire(previous, registry.retire_grace_s)
             log.info("model %s %s is now primary", name, version)
         c.metrics.model_ready.labels(name).set(0 if c.not_ready else 1)
     return loaded

@@ -128,3 +128,27 @@ def test_an_arm_whose_package_is_refused_fails_closed(box: Box) -> None:
             )
             # Users of the missing arm get 503, never silently the other version.
             assert response.status_code == (200 if arm == 0 else 503)
+
+
+def test_a_policy_reload_that_adds_an_arm_loads_it(box: Box) -> None:
+    box.pack("2")
+    salt = variant_salt(box.settings().secret_key.get_secret_value().encode())
+    with TestClient(create_app(box.settings())) as client:
+        user = next(
+            f"u{i}" for i in range(1, 100) if assign(salt, "demo-ranker", f"u{i}", arms(1, 1)) == 1
+        )
+        body = {"user_id": user, "item_ids": ["i1"]}
+        first = client.post("/v1/rank", json=body, headers=box.headers("demo")).json()
+        assert first["model"]["version"] == "1"
+        box.edit_data_policy(
+            SPLIT,
+            """    variants:
+      - {version: "1", weight: 1}
+      - {version: "2", weight: 1}""",
+        )
+        reloaded = client.post("/v1/admin/policy/reload", headers=box.headers())
+        assert reloaded.status_code == 200, reloaded.text
+        after = client.post("/v1/rank", json=body, headers=box.headers("demo")).json()
+        assert after["model"]["version"] == "2"
+        assert after["model"]["variant"] == "B"
+        assert client.get("/readyz").status_code == 200
