@@ -92,11 +92,6 @@ def _read(path: Path, max_bytes: int) -> bytes:
 
 def _check_listing(directory: Path) -> None:
     if not directory.is_dir():
-        if directory.with_suffix(".onnx").is_file() or (directory / "model.onnx").is_file():
-            raise PlaintextModelError(
-                f"{directory} holds a plaintext model.onnx, not a signed package; run "
-                "`gateway init` (demo model) or `gateway models pack`"
-            )
         raise PackageUnreadableError(f"no model package at {directory}")
     present = {p.name for p in directory.iterdir()}
     if "model.onnx" in present:

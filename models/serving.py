@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigurationError
 from gateway.metrics import Metrics
@@ -23,12 +24,14 @@ from models.package_errors import ModelPackageError
 from models.ranker import Ranker
 from models.registry import LoadedModel, ModelRegistry
 from models.signing import TrustedSigner, parse_public_key, read_public_keys
-from policies.data_policy import DataPolicy
 from security.keyring import keyring_from_settings
+
+if TYPE_CHECKING:
+    from policies.data_policy import DataPolicy
 
 log = logging.getLogger("gateway.models")
 
-ActivePolicy = Callable[[], DataPolicy | None]
+ActivePolicy = Callable[[], "DataPolicy | None"]
 
 
 def trusted_signers(settings: Settings, policy: ActivePolicy) -> Callable[[], list[TrustedSigner]]:

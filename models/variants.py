@@ -23,6 +23,7 @@ import logging
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -32,9 +33,19 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from gateway.errors import GatewayError, InternalError, ModelNotReady
 from gateway.pipeline import RankQuery, RankResult, RequestContext, Stage
 from models.registry import LoadedModel, ModelRegistry
-from policies.data_policy import Variant
 
 log = logging.getLogger("gateway.models.variants")
+
+
+class Variant(Protocol):
+    """One A/B arm as the policy bundle declares it (policies.data_policy.Variant)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def weight(self) -> float: ...
+
 
 VariantsFor = Callable[[str], tuple[tuple[Variant, ...], str | None]]
 StageFor = Callable[[LoadedModel], Stage]
