@@ -89,6 +89,8 @@ class AuthSettings(_Frozen):
 class ModelSettings(_Frozen):
     name: str = "demo-ranker"
     version: str = "1"
+    # A plain .onnx, read only with packages.unsafe_allow_plaintext_model (dev mode);
+    # otherwise the package packages.directory/<name>/<version>/ is served.
     # Relative to the data directory unless absolute.
     path: str = "models/demo-ranker/1/model.onnx"
     features_path: str = "demo/features.npz"

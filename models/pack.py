@@ -211,6 +211,9 @@ def pack_model(
         quant = gate_quantization(model_bytes, quantized, holdout, gate)
         model_bytes = quantized
     signature = io_signature(model_bytes)
+    # Statistics describe the model's inputs only (a feature store may hold more arrays).
+    input_names = {str(spec["name"]) for spec in signature["inputs"]}
+    stats = {k: v for k, v in (feature_stats or {}).items() if k in input_names}
 
     dek = AESGCM.generate_key(bit_length=256)
     dek_id = secrets.token_hex(8)
@@ -230,7 +233,7 @@ def pack_model(
             "source_sha256": source_sha,
         },
         "signature": signature,
-        "feature_stats": feature_stats or {},
+        "feature_stats": stats,
         "quantization": (
             None
             if quant is None

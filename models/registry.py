@@ -53,6 +53,14 @@ class LoadedModel:
     def package_digest(self) -> str | None:
         return None if self.package is None else self.package.package_digest
 
+    @property
+    def feature_stats(self) -> dict[str, dict[str, list[float]]]:
+        """The package's input statistics (models/stats.py format); {} when unpackaged."""
+        if self.package is None:
+            return {}
+        stats: dict[str, dict[str, list[float]]] = self.package.manifest.get("feature_stats") or {}
+        return stats
+
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {
             "name": self.name,

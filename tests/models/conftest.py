@@ -60,8 +60,7 @@ class Box:
             root=self.root,
             keyring=self.keyring(),
             signing_key=self.data_dir / MODEL_SIGNING_KEY,
-            feature_stats=demo_stats(self.data_dir / "demo/features.npz"),
-            **options,
+            **{"feature_stats": demo_stats(self.data_dir / "demo/features.npz"), **options},
         )
 
     def registry(

@@ -327,3 +327,14 @@ def test_no_plaintext_model_byte_on_disk_after_loading(box: Box, tmp_path: Path)
                 scanned += 1
                 assert not any(p in data for p in probes), f"plaintext model bytes in {path}"
     assert scanned > 10  # the scan saw the data directory (keys, packages, audit db)
+
+
+def test_stats_keep_only_model_inputs_and_reach_the_loaded_model(box: Box) -> None:
+    stats = {
+        "user_id": {k: [0.0] for k in STAT_KEYS},
+        "not_an_input": {k: [1.0] for k in STAT_KEYS},
+    }
+    result = box.pack("2", feature_stats=stats)
+    assert set(result.manifest["feature_stats"]) == {"user_id"}
+    loaded = box.registry().load("demo-ranker", "2")
+    assert loaded.feature_stats == {"user_id": {k: [0.0] for k in STAT_KEYS}}
