@@ -27,9 +27,6 @@ from models.serving import not_ready_key
 log = logging.getLogger("gateway.models")
 router = APIRouter(prefix="/v1/admin/models")
 
-# Only one load at a time: two swaps racing would leave either model primary.
-_swap_lock = asyncio.Lock()
-
 
 def _registry(c: Components, name: str) -> ModelRegistry:
     if c.models is None:
@@ -42,27 +39,28 @@ def _registry(c: Components, name: str) -> ModelRegistry:
 async def load_version(c: Components, name: str, version: str, *, activate: bool) -> LoadedModel:
     """Verify, decrypt and load a package; if asked, make it primary (atomic swap)."""
     registry = _registry(c, name)
-    async with _swap_lock:
-        try:
-            loaded = await asyncio.to_thread(registry.load, name, version)
-        except ModelPackageError as exc:
-            log.error("hot load of %s %s refused at step %s: %s", name, version, exc.step, exc)
-            raise InvalidRequest(
-                f"model package refused at step {exc.step}: {type(exc).__name__}",
-                log_cause=str(exc),
-            ) from None
-        c.not_ready.pop(not_ready_key(name, version), None)
-        if activate:
-            previous = registry.activate(name, version)
-            c.ranker = loaded.ranker
-            c.not_ready.pop("model", None)
-            c.not_ready.pop(not_ready_key(name, c.settings.model.version), None)
-            _build_pipelines(c)
-            if previous is not None and registry.get(name, previous.version) is not previous:
-                # Replaced by a reload of the same version: nobody new can reach it.
-                registry.retire(previous, registry.retire_grace_s)
-            log.info("model %s %s is now primary", name, version)
-        c.metrics.model_ready.labels(name).set(0 if c.not_ready else 1)
+    try:
+        loaded = await asyncio.to_thread(registry.load, name, version)
+    except ModelPackageError as exc:
+        log.error("hot load of %s %s refused at step %s: %s", name, version, exc.step, exc)
+        raise InvalidRequest(
+            f"model package refused at step {exc.step}: {type(exc).__name__}",
+            log_cause=str(exc),
+        ) from None
+    # From here to the end nothing awaits: the swap is one step for every request,
+    # and of two concurrent loads the one that finishes last is primary.
+    c.not_ready.pop(not_ready_key(name, version), None)
+    if activate:
+        previous = registry.activate(name, version)
+        c.ranker = loaded.ranker
+        c.not_ready.pop("model", None)
+        c.not_ready.pop(not_ready_key(name, c.settings.model.version), None)
+        _build_pipelines(c)
+        if previous is not None and registry.get(name, previous.version) is not previous:
+            # Replaced by a reload of the same version: nobody new can reach it.
+            registry.retire(previous, registry.retire_grace_s)
+        log.info("model %s %s is now primary", name, version)
+    c.metrics.model_ready.labels(name).set(0 if c.not_ready else 1)
     return loaded
 
 
