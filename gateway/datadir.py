@@ -28,7 +28,10 @@ POLICY_KEY = "keys/policy-signing.key"
 POLICY_PUBLIC_KEY = "keys/policy-signing.pub"
 DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
     "demo": ("rank", "infer"),
-    "operator": ("rank", "infer", "admin", "audit:read", "audit:export"),
+    "operator": (
+        *("rank", "infer", "admin", "audit:read", "audit:export"),
+        *("consent:write", "consent:read", "subject:read", "subject:erase"),
+    ),
 }
 
 

@@ -136,6 +136,23 @@ class PolicySettings(_Frozen):
     shadow_bundle: str | None = None
 
 
+class PrivacySettings(_Frozen):
+    """PII redaction engine and consent store (privacy/); the rules are in the policy bundle."""
+
+    # An installed spaCy package with NER (e.g. "en_core_web_sm") adds PERSON, LOCATION,
+    # NRP, ORGANIZATION; None: the blank offline pipeline (pattern + context recognizers).
+    ner_model: str | None = None
+    redaction_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
+    redaction_threads: int = Field(default=2, ge=1, le=64)
+    redaction_cache_size: int = Field(default=10_000, ge=0)
+    # Consent store: SQLite (relative to the data directory) unless a PostgreSQL DSN is set.
+    consent_sqlite_path: str = "privacy/consent.db"
+    consent_postgres_dsn: SecretStr | None = None
+    consent_postgres_schema: str = Field(
+        default="gateway_consent", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -158,6 +175,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(
