@@ -24,7 +24,7 @@ from privacy.consent_store import (
     SqliteConsentStore,
 )
 from privacy.feature_erasure import reapply
-from privacy.nlp import OfflineAnalyzer, build_analyzer
+from privacy.nlp import OfflineAnalyzer, build_analyzer, describe
 from privacy.redact_stage import RedactStage
 from privacy.redaction import Redactor
 from privacy.subjects import SubjectService
@@ -56,6 +56,19 @@ def open_consent_store(settings: Settings) -> ConsentStore:
         raise ConfigurationError(str(exc)) from exc
 
 
+def undetectable(analyzer: OfflineAnalyzer, data: DataPolicy | None) -> dict[str, list[str]]:
+    """Entities a jurisdiction asks for that this engine cannot detect (e.g. PERSON, no NER)."""
+    if data is None:
+        return {}
+    found: dict[str, list[str]] = {}
+    for region in ("default", "eu", "california"):
+        wanted = data.jurisdictions.for_region(region).pii_entities
+        missing = sorted(set(wanted) - set(analyzer.entities))
+        if missing:
+            found[region] = missing
+    return found
+
+
 @dataclass
 class Privacy:
     analyzer: OfflineAnalyzer
@@ -77,6 +90,14 @@ class Privacy:
         return RedactStage(
             self.redactor, self.policy, timeout_s=self.timeout_s, executor=self.executor
         )
+
+    def describe(self) -> dict[str, object]:
+        """The running engine and what it can detect (for `/readyz` and the doctor)."""
+        return {
+            **describe(self.analyzer),
+            "consent_store": self.consent.kind,
+            "undetectable": undetectable(self.analyzer, self.policy()[0]),
+        }
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -21,6 +21,7 @@ and caches it under the home directory. A compliance product may do neither, so:
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Before anything imports tldextract (presidio's e-mail recognizer does at import).
@@ -41,6 +42,11 @@ from spacy.language import Language
 from gateway.errors import ConfigurationError
 
 LANGUAGE = "en"
+
+# Presidio logs the analyzed text's context words at DEBUG ("Context list is: ..."), and
+# its decision process quotes spans: personal data must never reach a log line.
+for _name in ("presidio-analyzer", "decision_process"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 # Entities an NER model adds (spaCy OntoNotes labels -> Presidio names).
 NER_MAPPING = {

@@ -81,12 +81,18 @@ class RedactStage:
         self._policy = policy  # the bundle in force and its content hash
         self._timeout = timeout_s
         self._executor = executor
+        self._rules: dict[tuple[str, str], RedactionRules] = {}
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query = ctx.payload
         data, bundle_hash = self._policy()
         jurisdiction = getattr(ctx.consent, "jurisdiction", None) or "default"
-        rules = rules_for(data, jurisdiction, bundle_hash)
+        rules = self._rules.get((bundle_hash, jurisdiction))
+        if rules is None:
+            rules = rules_for(data, jurisdiction, bundle_hash)
+            if len(self._rules) > 64:  # old bundles' rules
+                self._rules.clear()
+            self._rules[(bundle_hash, jurisdiction)] = rules
         tenant = ctx.principal.tenant if ctx.principal else None
         if isinstance(query, RankQuery):
             fields = _rank_fields(data.redaction if data is not None else RedactionPolicy())

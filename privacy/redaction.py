@@ -44,8 +44,22 @@ class RedactionRules:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     default_threshold: float = 0.4
     allow_list: tuple[str, ...] = ()
-    # Identifies the rules in cache keys (bundle hash + jurisdiction).
+    # Where the rules came from (bundle hash + jurisdiction), for humans and logs.
     fingerprint: str = ""
+    # Cache keys commit to the rules' content, so two rule sets never share an entry.
+    identity: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        content = repr(
+            (
+                sorted(self.entities),
+                sorted(self.operators.items()),
+                sorted(self.thresholds.items()),
+                self.default_threshold,
+                self.allow_list,
+            )
+        )
+        object.__setattr__(self, "identity", hashlib.sha256(content.encode()).digest())
 
     def threshold(self, entity: str) -> float:
         return self.thresholds.get(entity, self.default_threshold)
@@ -111,7 +125,7 @@ class Redactor:
         return f"<{entity}:{digest[:16]}>"
 
     def _cache_id(self, text: str, rules: RedactionRules, tenant: str | None) -> bytes:
-        message = b"\x00".join((rules.fingerprint.encode(), (tenant or "").encode(), text.encode()))
+        message = b"\x00".join((rules.identity, (tenant or "").encode(), text.encode()))
         return hmac.new(self._cache_key, message, hashlib.sha256).digest()
 
     def cached(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted | None:
