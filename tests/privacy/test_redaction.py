@@ -183,3 +183,30 @@ def test_no_network_and_no_home_writes(tmp_path: Path) -> None:
     assert "attempts []" in done.stdout
     # Nothing cached under the home directory (tldextract's default disk cache).
     assert list(home.rglob("*")) == []
+
+
+@pytest.mark.asyncio
+async def test_string_tensors_are_redacted_element_by_element(redactor: Redactor) -> None:
+    """OIP BYTES inputs (models with string inputs) go through the same redaction."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from gateway.pipeline import InferQuery, RequestContext
+    from policies.bundle import load_bundle
+    from privacy.redact_stage import RedactStage
+
+    data = load_bundle(Path(__file__).resolve().parents[2] / "policies/bundles/default").data
+    with ThreadPoolExecutor(1) as pool:
+        stage = RedactStage(redactor, lambda: (data, "h"), timeout_s=5.0, executor=pool)
+        texts = np.array([["mail a@example.com", "no pii"], ["card 4111 1111 1111 1111", ""]])
+        numbers = np.zeros((2, 2), dtype=np.float32)
+        query = InferQuery(id="x", feeds={"text": texts.astype(object), "n": numbers})
+        ctx = RequestContext(request_id="r", action="infer", route="/v2", headers={}, payload=query)
+        out = await stage(ctx)
+    feeds = out.payload.feeds
+    assert feeds["n"] is numbers
+    assert feeds["text"].shape == (2, 2)
+    assert "a@example.com" not in str(feeds["text"].tolist())
+    assert feeds["text"][1, 0] == "card <CREDIT_CARD>"
+    assert out.redaction.counts == {"EMAIL_ADDRESS": 1, "CREDIT_CARD": 1}
