@@ -34,7 +34,13 @@ from typing import Any
 import spacy
 import tldextract
 import tldextract.tldextract as _tld
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+)
 from presidio_analyzer import predefined_recognizers as pr
 from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 from spacy.language import Language
@@ -60,7 +66,7 @@ NER_MAPPING = {
 }
 
 # Pattern (and checksum) recognizers that need no model: the offline baseline.
-PATTERN_RECOGNIZERS: tuple[Callable[..., EntityRecognizer], ...] = (
+_STOCK_RECOGNIZERS: tuple[Callable[..., EntityRecognizer], ...] = (
     pr.EmailRecognizer,
     pr.PhoneRecognizer,
     pr.CreditCardRecognizer,
@@ -77,6 +83,45 @@ PATTERN_RECOGNIZERS: tuple[Callable[..., EntityRecognizer], ...] = (
     pr.MacAddressRecognizer,
     pr.UkNinoRecognizer,
 )
+
+
+class ContextCardRecognizer(pr.CreditCardRecognizer):
+    """Luhn-valid 12-19 digit numbers the stock prefixes miss (12-digit Maestro, 19-digit
+    Visa, new ranges). Weak alone (0.3): only a card context word lifts it over a threshold."""
+
+    def __init__(self, supported_language: str = LANGUAGE) -> None:
+        super().__init__(
+            patterns=[Pattern("Card-length Luhn (weak)", r"\b(?:\d[- ]?){11,18}\d\b", 0.3)],
+            supported_language=supported_language,
+            name="ContextCardRecognizer",
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:  # type: ignore[override]
+        # Luhn-valid: keep the weak score (context decides); invalid: drop.
+        return None if super().validate_result(pattern_text) else False
+
+
+def nanp_phone_recognizer(supported_language: str = LANGUAGE) -> EntityRecognizer:
+    """North-American-shaped numbers (with +1 / 001 prefixes, extensions) that
+    `phonenumbers` rejects as unassigned: typed by people all the same. Separators are
+    required, so bare digit runs (ids, cards) never match; context lifts the weak score."""
+    return PatternRecognizer(
+        supported_entity="PHONE_NUMBER",
+        name="NanpShapedPhoneRecognizer",
+        supported_language=supported_language,
+        patterns=[
+            Pattern(
+                "NANP-shaped phone (weak)",
+                r"(?<![\w+])(?:\+?1[-. ]?|001[-. ]?)?(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-. ]\d{4}"
+                r"(?:\s?(?:x|ext\.?)\s?\d{1,6})?\b",
+                0.3,
+            )
+        ],
+        context=[*pr.PhoneRecognizer.CONTEXT, "text", "reach", "tel", "whatsapp"],
+    )
+
+
+PATTERN_RECOGNIZERS = (*_STOCK_RECOGNIZERS, ContextCardRecognizer, nanp_phone_recognizer)
 
 
 def _offline_tld_extractor() -> None:

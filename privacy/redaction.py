@@ -89,7 +89,18 @@ def _select(findings: list[RecognizerResult], rules: RedactionRules) -> list[Rec
         for f in findings
         if f.entity_type in rules.entities and f.score >= rules.threshold(f.entity_type)
     ]
-    candidates.sort(key=lambda f: (-f.score, -(f.end - f.start), f.start))
+    # Ties go to a finding its context words support (a 9-digit number after "passport"
+    # is a passport number, not a phone number), then to the longer span.
+    candidates.sort(
+        key=lambda f: (
+            -f.score,
+            not (f.recognition_metadata or {}).get(
+                RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY
+            ),
+            -(f.end - f.start),
+            f.start,
+        )
+    )
     for finding in candidates:
         if all(finding.end <= k.start or finding.start >= k.end for k in kept):
             kept.append(finding)
