@@ -157,7 +157,10 @@ class ConsentStage:
         store_ok = True
         stored: dict[str, ConsentEntry] = {}
         try:
-            stored = await asyncio.to_thread(self._store.current, tenant, query.user_id)
+            if self._store.inline_reads:
+                stored = self._store.current(tenant, query.user_id)
+            else:
+                stored = await asyncio.to_thread(self._store.current, tenant, query.user_id)
         except ConsentStoreError as exc:
             store_ok = False
             log.error("consent store unreadable, ranking without personalisation: %s", exc)

@@ -64,6 +64,9 @@ class ConsentStore:
     """Backend-neutral logic; subclasses provide `_execute` and `_transaction`."""
 
     kind: Literal["sqlite", "postgres"]
+    # True when a read is a local, sub-20 µs lookup that never waits for a writer: the
+    # consent stage then reads on the event loop instead of paying a thread hop.
+    inline_reads: bool = False
 
     def __init__(self, secret: bytes) -> None:
         self._handle_key = handle_key(secret)
@@ -201,25 +204,32 @@ BEGIN SELECT RAISE(ABORT, 'erasure markers are permanent'); END;
 
 
 class SqliteConsentStore(ConsentStore):
+    """Two connections: writes serialise (and fsync) on one; reads use the other, which in
+    WAL mode never waits for a writer, so `current` is safe to call on the event loop."""
+
     kind = "sqlite"
+    inline_reads = True
 
     def __init__(self, path: Path, secret: bytes) -> None:
         super().__init__(secret)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SQLITE_SCHEMA)
+            self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._reader.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise ConsentStoreError(f"consent store {path}: {exc}") from exc
         path.chmod(0o600)
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return list(self._conn.execute(statement, tuple(params)).fetchall())
+                return list(self._reader.execute(statement, tuple(params)).fetchall())
             except sqlite3.Error as exc:
                 raise ConsentStoreError(str(exc)) from exc
 
@@ -238,7 +248,8 @@ class SqliteConsentStore(ConsentStore):
                 raise ConsentStoreError(str(exc)) from exc
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._conn.close()
 
 
