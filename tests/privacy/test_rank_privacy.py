@@ -226,3 +226,61 @@ def test_readyz_lists_detectable_entities(client: TestClient) -> None:
     assert privacy["pipeline"] == "blank"
     assert "EMAIL_ADDRESS" in privacy["entities"]
     assert "US_SSN" in privacy["entities"]
+
+
+def test_subjects_are_separate_per_tenant(client: TestClient, forge: Callable[..., str]) -> None:
+    """Tenant A's consent for u1 is not tenant B's, and B cannot read it."""
+
+    def headers(tenant: str) -> dict[str, str]:
+        token = forge({"tenant": tenant, "scope": "consent:write consent:read rank"})
+        return {"Authorization": f"Bearer {token}", **JSON}
+
+    body = {"consents": [{"purpose": "personalization", "granted": True}]}
+    put = client.put("/v1/subjects/u1/consent", json=body, headers=headers("acme"))
+    assert put.status_code == 200, put.text
+    mine = client.get("/v1/subjects/u1/consent", headers=headers("acme")).json()
+    theirs = client.get("/v1/subjects/u1/consent", headers=headers("globex")).json()
+    assert mine["consent"]["personalization"]["granted"] is True
+    assert theirs["consent"] == {}
+    ranked = {
+        t: client.post(
+            "/v1/rank", json={"user_id": "u1", "item_ids": ITEMS}, headers=headers(t)
+        ).json()["personalized"]
+        for t in ("acme", "globex")
+    }
+    assert ranked == {"acme": True, "globex": False}
+
+
+def test_postgres_consent_store_behind_the_api(
+    make_settings: Callable[..., Settings], auth: Callable[..., dict[str, str]]
+) -> None:
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    dsn = "postgresql://postgres@127.0.0.1:5432/test"
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 unreachable: consent store on PG NOT TESTED")
+    schema = f"test_consent_api_{uuid.uuid4().hex[:12]}"
+    settings = make_settings(
+        privacy={"consent_postgres_dsn": dsn, "consent_postgres_schema": schema}
+    )
+    try:
+        with TestClient(create_app(settings)) as pg_client:
+            assert (
+                pg_client.get("/readyz").json()["checks"]["privacy"]["consent_store"] == "postgres"
+            )
+            body = {"consents": [{"purpose": "personalization", "granted": True}]}
+            put = pg_client.put(
+                "/v1/subjects/u77/consent",
+                json=body,
+                headers={**auth(("consent:write",), client_id="operator"), **JSON},
+            )
+            assert put.status_code == 200, put.text
+            assert rank(pg_client, auth, "u77").json()["personalized"] is True
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
