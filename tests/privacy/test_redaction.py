@@ -210,3 +210,38 @@ async def test_string_tensors_are_redacted_element_by_element(redactor: Redactor
     assert "a@example.com" not in str(feeds["text"].tolist())
     assert feeds["text"][1, 0] == "card <CREDIT_CARD>"
     assert out.redaction.counts == {"EMAIL_ADDRESS": 1, "CREDIT_CARD": 1}
+
+
+@pytest.mark.asyncio
+async def test_policy_fields_are_redacted_besides_the_query(redactor: Redactor) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.pipeline import RankQuery, RequestContext
+    from policies.bundle import load_bundle
+    from policies.data_policy import RedactionPolicy
+    from privacy.redact_stage import RedactStage
+
+    data = load_bundle(Path(__file__).resolve().parents[2] / "policies/bundles/default").data
+    data = data.model_copy(update={"redaction": RedactionPolicy(fields=("$.context.device",))})
+    context = {"query": "mail jo@example.com", "device": "tv of 203.0.113.9", "locale": "en-GB"}
+    query = RankQuery(user_id="u1", item_ids=("i1",), top_k=1, context=context)
+    ctx = RequestContext(request_id="r", action="rank", route="/v1/rank", headers={}, payload=query)
+    with ThreadPoolExecutor(1) as pool:
+        out = await RedactStage(redactor, lambda: (data, "h"), timeout_s=5, executor=pool)(ctx)
+    redacted = out.payload.context
+    assert "jo@example.com" not in redacted["query"]  # always, whatever the policy lists
+    assert "203.0.113.9" not in redacted["device"]
+    assert redacted["locale"] == "en-GB"
+    assert out.redaction.counts == {"EMAIL_ADDRESS": 1, "IP_ADDRESS": 1}
+    assert out.redaction.fields == 2
+
+
+def test_policy_refuses_redaction_paths_outside_context() -> None:
+    from pydantic import ValidationError
+
+    from policies.data_policy import RedactionPolicy
+
+    with pytest.raises(ValidationError):
+        RedactionPolicy(fields=("user_id",))
+    with pytest.raises(ValidationError):
+        RedactionPolicy(fields=("context.a.b",))
