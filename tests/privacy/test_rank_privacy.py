@@ -89,6 +89,65 @@ def test_pii_is_redacted_counted_and_never_stored_raw(
         assert value.encode() not in audit_bytes
 
 
+# Every pattern entity of each jurisdiction in the default bundle, in one query each.
+EU_VALUES = {
+    "IBAN_CODE": "DE89 3704 0044 0532 0130 00",
+    "EMAIL_ADDRESS": "jan.devries@example.nl",
+    "IP_ADDRESS": "198.51.100.23",
+}
+CA_VALUES = {
+    "US_SSN": "536-22-8147",
+    "US_DRIVER_LICENSE": "D1234567",
+    "CREDIT_CARD": "5555 5555 5555 4444",
+}
+
+
+@pytest.mark.parametrize(
+    ("jurisdiction", "query", "values"),
+    [
+        (
+            "eu",
+            "refund to iban {IBAN_CODE}, mail {EMAIL_ADDRESS}, seen from {IP_ADDRESS}",
+            EU_VALUES,
+        ),
+        (
+            "california",
+            "my ssn {US_SSN}, driver license {US_DRIVER_LICENSE}, credit card {CREDIT_CARD}",
+            CA_VALUES,
+        ),
+    ],
+)
+def test_each_jurisdictions_entities_never_reach_logs_metrics_or_audit(
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    jurisdiction: str,
+    query: str,
+    values: dict[str, str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = rank(
+        client,
+        auth,
+        f"u-{jurisdiction}",
+        query=query.format(**values),
+        headers={"Data-Jurisdiction": jurisdiction},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["redacted"] == dict.fromkeys(values, 1)
+    record = audit_record(client, auth, response.json()["request_id"])
+    metrics = client.get("/metrics").text
+    audit_bytes = b"".join(
+        p.read_bytes() for p in (settings.data_dir / "audit").iterdir() if p.is_file()
+    )
+    for value in values.values():
+        assert value not in str(record)
+        assert value not in caplog.text
+        assert value not in metrics
+        assert value.encode() not in audit_bytes
+
+
 def test_no_text_means_no_work(client: TestClient, auth: Callable[..., dict[str, str]]) -> None:
     response = rank(client, auth, "u12")
     assert response.status_code == 200
