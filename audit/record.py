@@ -68,6 +68,8 @@ def request_record(
     policy_bundle: str | None = None,
     latency_us: int,
     sealed: dict[str, str] | None,
+    consent: dict[str, Any] | None = None,
+    pii: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "v": RECORD_VERSION,
@@ -82,8 +84,8 @@ def request_record(
         "decision": decision_for(status),
         "policy_ids": policy_ids,
         "policy_bundle": policy_bundle,
-        "consent": None,
-        "pii": None,
+        "consent": consent,
+        "pii": pii,
         "inspection": None,
         "model": model,
         "status": status,

@@ -37,15 +37,21 @@ class AuditStage:
         principal = ctx.principal
         subject = sealed = None
         query = ctx.payload
-        if isinstance(query, RankQuery):
+        subject_id = _data_subject(query)
+        if subject_id is not None:
             tenant = principal.tenant if principal else None
             try:
-                key = await self._log.subject_key(tenant, query.user_id)
+                key = await self._log.subject_key(tenant, subject_id)
             except (StoreError, SubjectKeyError) as exc:
                 # Fail closed: a request whose subject cannot be recorded is refused.
                 raise AuditUnavailable(log_cause=f"subject key: {exc}") from exc
             subject = key.pseudonym
-            sealed = SubjectKeys.seal(key, ctx.request_id, {"user_id": query.user_id})
+            personal: dict[str, Any] = {"user_id": subject_id}
+            # Only text that stage 4 redacted is kept; a request refused before (or by)
+            # redaction keeps no text at all.
+            if isinstance(query, RankQuery) and ctx.redaction is not None and query.context:
+                personal["context"] = dict(query.context)
+            sealed = SubjectKeys.seal(key, ctx.request_id, personal)
         model = ctx.model
         record = request_record(
             ts_ms=int(now * 1000),
@@ -72,8 +78,26 @@ class AuditStage:
             ),
             latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
             sealed=sealed,
+            consent=_summary(ctx.consent),
+            pii=_summary(ctx.redaction),
         )
         await append_durably(self._log, record)
+
+
+def _data_subject(payload: Any) -> str | None:
+    """The request's data subject: a rank query's user, or a subject route's `data_subject`."""
+    if isinstance(payload, RankQuery):
+        return payload.user_id
+    subject = getattr(payload, "data_subject", None)
+    return subject if isinstance(subject, str) else None
+
+
+def _summary(stage_result: Any) -> dict[str, Any] | None:
+    """A later stage's own audit view (`as_audit()`): counts and decisions, nothing raw."""
+    if stage_result is None:
+        return None
+    view: dict[str, Any] = stage_result.as_audit()
+    return view
 
 
 async def append_plain(

@@ -33,10 +33,11 @@ from models.registry import ModelRegistry
 from models.serving import inference_observer, load_missing_versions, open_models
 from models.stages import InferStage, RankStage
 from models.variants import VariantMetrics, VariantRankStage, variant_salt
-from policies.data_policy import Variant
+from policies.data_policy import DataPolicy, Variant
 from policies.errors import PolicyError
 from policies.manager import PolicyManager, ReloadResult
 from policies.stage import PolicyAuthorizeStage
+from privacy.components import Privacy, open_privacy
 from security.authn import AuthenticateStage, IssuerTrust, TokenCache, TokenValidator
 from security.issuer import EmbeddedIssuer, load_signing_key
 from security.jwks import FileKeySource, JwksError, KeySource, RemoteKeySource, StaticKeySource
@@ -58,6 +59,7 @@ class Components:
     http: httpx.AsyncClient
     audit: AuditLog | None = None
     policy: PolicyManager | None = None
+    privacy: Privacy | None = None
     clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
@@ -216,6 +218,13 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         components.audit = open_audit_log(settings, clock=clock)
     else:
         log.warning("AUDIT LOG DISABLED (dev mode): requests are not recorded")
+    components.privacy = open_privacy(
+        settings,
+        policy=_data_policy(components),
+        audit=components.audit,
+        features=components.features,
+        clock=clock,
+    )
     _build_pipelines(components)
 
     @asynccontextmanager
@@ -235,6 +244,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         if components.audit is not None:
             await components.audit.close()
             components.audit.store.close()
+        if components.privacy is not None:
+            components.privacy.close()
 
     app = FastAPI(
         title="Secure model gateway",
@@ -245,7 +256,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     )
     app.state.components = components
     install_error_handlers(app)
-    from gateway.routes import admin, audit, health, models_admin, oauth, oip, rank
+    from gateway.routes import admin, audit, health, models_admin, oauth, oip, rank, subjects
 
     for router in (
         rank.router,
@@ -255,6 +266,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         models_admin.router,
         oauth.router,
         health.router,
+        subjects.router,
     ):
         app.include_router(router)
     app.add_middleware(
@@ -391,6 +403,18 @@ def _output_policy(c: Components) -> Callable[[str], OutputShape]:
     return output_for
 
 
+def _data_policy(c: Components) -> Callable[[], tuple[DataPolicy | None, str]]:
+    """The privacy stages' view of the bundle in force (data policy, content hash)."""
+
+    def current() -> tuple[DataPolicy | None, str]:
+        if c.policy is None:
+            return None, "no-bundle"
+        bundle = c.policy.active
+        return bundle.data, bundle.content_hash
+
+    return current
+
+
 def _build_pipelines(c: Components) -> None:
     limits = c.settings.limits
     authn = AuthenticateStage(c.validator)
@@ -407,22 +431,26 @@ def _build_pipelines(c: Components) -> None:
     def pipeline(*stages: Stage) -> Pipeline:
         return Pipeline([authn, authz, *stages], final=final, observe=observe)
 
-    for action in ("model.read", "audit.read", "audit.export", "admin"):
+    subject_actions = ("consent.write", "consent.read", "subject.read", "subject.erase")
+    for action in ("model.read", "audit.read", "audit.export", "admin", *subject_actions):
         c.pipelines[action] = pipeline()
     if c.ranker is None or c.features is None:
         missing = ModelNotLoadedStage("; ".join(c.not_ready.values()))
         c.pipelines["rank"] = pipeline(missing)
         c.pipelines["infer"] = pipeline(missing)
         return
+    privacy = c.privacy
     c.pipelines["rank"] = pipeline(
         RankDecodeStage(
             max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
         ),
+        *(privacy.rank_stages() if privacy is not None else ()),
         _rank_stage(c, c.features),
         RankRespondStage(_output_policy(c)),
     )
     c.pipelines["infer"] = pipeline(
         InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
+        *((privacy.redact_stage(),) if privacy is not None else ()),
         InferStage(c.ranker),
         InferRespondStage(c.ranker.outputs),
     )

@@ -12,6 +12,7 @@ import typer
 
 from gateway.cli_keys import keys_app
 from gateway.cli_models import models_app
+from gateway.cli_privacy import privacy_app
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings, load_settings
 
@@ -31,6 +32,7 @@ audit_app = typer.Typer(help="Verify, checkpoint and export the audit log.", no_
 app.add_typer(audit_app, name="audit")
 policy_app = typer.Typer(help="Lint, test, sign and diff policy bundles.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+app.add_typer(privacy_app, name="privacy")
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle directory or packed .tar.gz")]
 

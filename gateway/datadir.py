@@ -33,7 +33,10 @@ MODEL_SIGNING_KEY = "keys/model-signing.key"
 MODEL_SIGNING_PUBLIC_KEY = "keys/model-signing.pub"
 DEFAULT_CLIENTS: dict[str, tuple[str, ...]] = {
     "demo": ("rank", "infer"),
-    "operator": ("rank", "infer", "admin", "audit:read", "audit:export"),
+    "operator": (
+        *("rank", "infer", "admin", "audit:read", "audit:export"),
+        *("consent:write", "consent:read", "subject:read", "subject:erase"),
+    ),
 }
 
 

@@ -160,6 +160,21 @@ class KeyringSettings(_Frozen):
 
     directory: str = "keys"
     provider: Literal["local"] = "local"
+class PrivacySettings(_Frozen):
+    """PII redaction engine and consent store (privacy/); the rules are in the policy bundle."""
+
+    # An installed spaCy package with NER (e.g. "en_core_web_sm") adds PERSON, LOCATION,
+    # NRP, ORGANIZATION; None: the blank offline pipeline (pattern + context recognizers).
+    ner_model: str | None = None
+    redaction_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
+    redaction_threads: int = Field(default=2, ge=1, le=64)
+    redaction_cache_size: int = Field(default=10_000, ge=0)
+    # Consent store: SQLite (relative to the data directory) unless a PostgreSQL DSN is set.
+    consent_sqlite_path: str = "privacy/consent.db"
+    consent_postgres_dsn: SecretStr | None = None
+    consent_postgres_schema: str = Field(
+        default="gateway_consent", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
+    )
 
 
 class Settings(BaseSettings):
@@ -186,6 +201,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     packages: PackageSettings = PackageSettings()
     keyring: KeyringSettings = KeyringSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -71,7 +71,8 @@ class FeatureStore:
         self.n_users = len(user_ids) - 1
         self.n_items = len(item_ids) - 1
         # Index 0 is the cold-start row and has no id; it is never looked up.
-        self._user_row = {uid: row for row, uid in enumerate(user_ids) if row}
+        # An empty id is an erased row's tombstone (privacy.feature_erasure): never found.
+        self._user_row = {uid: row for row, uid in enumerate(user_ids) if row and uid}
         self._item_row = {iid: row for row, iid in enumerate(item_ids) if row}
         self.item_ids: tuple[str, ...] = tuple(item_ids[1:])
         self.user_feature_names = tuple(user_feature_names)
@@ -109,6 +110,19 @@ class FeatureStore:
 
     def known_item(self, item_id: str) -> bool:
         return item_id in self._item_row
+
+    def forget_user(self, user_id: str) -> bool:
+        """Erasure: from now on the user is unknown and their row holds cold-start values."""
+        row = self._user_row.pop(user_id, None)
+        if row is None:
+            return False
+        self._user_features[row] = self._user_features[0]
+        return True
+
+    def user_row(self, user_id: str) -> NDArray[np.float32] | None:
+        """The user's stored feature values (data-subject access), None if unknown."""
+        row = self._user_row.get(user_id)
+        return None if row is None else self._user_features[row].copy()
 
     def inputs_for(self, user_id: str, item_ids: Sequence[str]) -> dict[str, NDArray[np.generic]]:
         """ONNX inputs for one user and n candidates (hot path: no per-item numpy calls)."""

@@ -20,12 +20,17 @@ class RankStage:
         query = ctx.payload
         if not isinstance(query, RankQuery):
             raise InternalError(log_cause="rank stage got no RankQuery")
-        feeds = self._features.inputs_for(query.user_id, query.item_ids)
+        # Stage 3's verdict: without a personalisation basis the profile is never read;
+        # the neutral user "" (never a stored id) gets the cold-start row: popularity only.
+        consent = ctx.consent
+        personal = consent is None or getattr(consent, "may_personalize", False) is True
+        user_id = query.user_id if personal else ""
+        feeds = self._features.inputs_for(user_id, query.item_ids)
         outputs = await self._ranker.run(feeds)
         result = RankResult(
             item_ids=query.item_ids,
             scores=outputs[self._score].reshape(-1),
-            cold_start=not self._features.known_user(query.user_id),
+            cold_start=not self._features.known_user(user_id),
         )
         return ctx.evolve(model=self._ranker.ref, result=result)
 

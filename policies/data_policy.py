@@ -106,12 +106,34 @@ class ConsentPolicy(_Strict):
     precedence: tuple[ConsentSource, ...] = ("gpc", "tcf", "store")
     default_personalization: bool = False  # no signal at all: non-personalized path
     tcf_purposes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    # Purposes a `Sec-GPC: 1` request opts out of (CCPA regulation 7025: sale/sharing).
+    gpc_opt_out: tuple[str, ...] = ("sale_share",)
+    # When set, a TCF string must also carry vendor consent for this IAB vendor id.
+    tcf_vendor_id: int | None = Field(default=None, ge=1)
 
     @field_validator("precedence")
     @classmethod
     def _no_repeats(cls, value: tuple[ConsentSource, ...]) -> tuple[ConsentSource, ...]:
         if len(set(value)) != len(value):
             raise ValueError("precedence lists a source twice")
+        return value
+
+
+class RedactionPolicy(_Strict):
+    """Where PII redaction applies beyond `context.query` (always) and how eager it is."""
+
+    # Request fields (dotted paths into the request body, under `context`) to redact.
+    fields: tuple[str, ...] = ("context.query",)
+    allow_list: tuple[str, ...] = ()  # terms never flagged (exact match)
+    default_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
+
+    @field_validator("fields")
+    @classmethod
+    def _context_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            parts = path.removeprefix("$.").split(".")
+            if len(parts) != 2 or parts[0] != "context" or not parts[1].isidentifier():
+                raise ValueError(f"redaction field {path!r} is not a path context.<name>")
         return value
 
 
@@ -167,6 +189,7 @@ class DataPolicy(_Strict):
     jurisdictions: Jurisdictions
     consent: ConsentPolicy = ConsentPolicy()
     detection: DetectionPolicy = DetectionPolicy()
+    redaction: RedactionPolicy = RedactionPolicy()
     rate_limits: RateLimitPolicy = RateLimitPolicy()
     query_budgets: dict[str, QueryBudget] = Field(default_factory=dict)
     retention: RetentionPolicy = RetentionPolicy()

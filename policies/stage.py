@@ -16,7 +16,13 @@ _RESOURCES = {
     "audit.read": "AuditLog",
     "audit.export": "AuditLog",
     "admin": "AuditLog",
+    "consent.write": "Subject",
+    "consent.read": "Subject",
+    "subject.read": "Subject",
+    "subject.erase": "Subject",
 }
+# Subject actions are decided per tenant, not per subject id (the id is personal data).
+_RESOURCE_IDS = {"AuditLog": "log", "Subject": "subjects"}
 
 
 class PolicyAuthorizeStage:
@@ -41,7 +47,7 @@ class PolicyAuthorizeStage:
                 tenant=principal.tenant,
                 action=ctx.action,
                 resource_type=resource_type,
-                resource_id=self._model[0] if model else "log",
+                resource_id=self._model[0] if model else _RESOURCE_IDS[resource_type],
             ),
             model,
         )

@@ -17,6 +17,7 @@ ACTION_SCOPES = MappingProxyType(
         "audit.export": "audit:export",
         "consent.write": "consent:write",
         "consent.read": "consent:read",
+        "subject.read": "subject:read",
         "subject.erase": "subject:erase",
         "admin": "admin",
     }

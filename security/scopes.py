@@ -15,6 +15,10 @@ ACTION_SCOPES: Mapping[str, str] = {
     "admin": "admin",
     "audit.read": "audit:read",
     "audit.export": "audit:export",
+    "consent.write": "consent:write",
+    "consent.read": "consent:read",
+    "subject.read": "subject:read",
+    "subject.erase": "subject:erase",
 }
 
 

@@ -116,5 +116,29 @@ def auth(mint: Callable[..., str]) -> Callable[..., dict[str, str]]:
     return headers
 
 
+@pytest.fixture(scope="session")
+def grant_consent(settings: Settings) -> Callable[..., None]:
+    """Store personalisation consent for users, as `PUT /v1/subjects/{id}/consent` would.
+
+    The default bundle ranks without personalisation when there is no consent signal;
+    tests of the personalised path consent first, like a real client's users would.
+    """
+    from privacy.components import open_consent_store
+    from privacy.consent_store import ConsentEntry
+
+    def grant(*user_ids: str, granted: bool = True, tenant: str | None = None) -> None:
+        store = open_consent_store(settings)
+        try:
+            for user_id in user_ids:
+                entry = ConsentEntry(
+                    "personalization", granted, "consent", "default", "test", 0, "test"
+                )
+                store.record(tenant, user_id, [entry])
+        finally:
+            store.close()
+
+    return grant
+
+
 def data_dir_of(settings: Settings) -> Path:
     return settings.data_dir

@@ -45,6 +45,8 @@ async def readyz(request: Request) -> Response:
             "last_reload_error": components.policy.last_error,
             "shadow": components.policy.shadow.content_hash if components.policy.shadow else None,
         }
+    if components.privacy is not None:
+        checks["privacy"] = components.privacy.describe()
     ready = not components.not_ready
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -18,4 +18,9 @@ async def rank(request: Request) -> Response:
     pipeline = components.pipeline("rank")
     ctx = components.context(request, "rank", await request.body())
     ctx = await pipeline.run(ctx)
-    return json_response(ctx.response)
+    body = ctx.response
+    # Stage 4's counts per entity type (what was redacted, never the values).
+    if ctx.redaction is not None:
+        body = {**body, "redacted": dict(ctx.redaction.counts)}
+    personalized = bool(body.get("personalized"))
+    return json_response(body, headers={"Personalization": "on" if personalized else "off"})

@@ -30,8 +30,13 @@ def direct_scores(
 
 
 def test_ranking_matches_direct_onnxruntime(
-    client: TestClient, auth: Callable[..., dict[str, str]], settings: Settings, store: FeatureStore
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+    settings: Settings,
+    store: FeatureStore,
+    grant_consent: Callable[..., None],
 ) -> None:
+    grant_consent("u7")
     items = list(store.item_ids[:100])
     response = client.post(
         "/v1/rank", json={"user_id": "u7", "item_ids": items}, headers={**auth(), **JSON}
@@ -70,8 +75,12 @@ def test_top_k_and_cold_start(
 
 
 def test_different_users_get_different_rankings(
-    client: TestClient, auth: Callable[..., dict[str, str]], store: FeatureStore
+    client: TestClient,
+    auth: Callable[..., dict[str, str]],
+    store: FeatureStore,
+    grant_consent: Callable[..., None],
 ) -> None:
+    grant_consent("u1", "u2", "u3")
     items = list(store.item_ids[:50])
     orders = {
         tuple(

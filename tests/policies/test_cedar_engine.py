@@ -21,6 +21,7 @@ RESOURCES = {
     "audit.export": ("AuditLog", "log"),
     "consent.write": ("Subject", "subject-1"),
     "consent.read": ("Subject", "subject-1"),
+    "subject.read": ("Subject", "subject-1"),
     "subject.erase": ("Subject", "subject-1"),
     "admin": ("Model", "demo-ranker"),
 }
@@ -132,6 +133,7 @@ def test_policy_ids_are_the_id_annotations(default_bundle: PolicyBundle) -> None
         "scope-audit-export",
         "scope-consent-write",
         "scope-consent-read",
+        "scope-subject-read",
         "scope-subject-erase",
         "scope-admin",
         "forbid-blocked-model",

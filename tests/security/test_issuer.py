@@ -262,6 +262,10 @@ def test_authorization_server_metadata(
         "admin",
         "audit:read",
         "audit:export",
+        "consent:write",
+        "consent:read",
+        "subject:read",
+        "subject:erase",
     }
 
 

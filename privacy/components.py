@@ -1,0 +1,139 @@
+"""Everything the privacy stages and routes need, built once per app from the settings."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from audit.log import AuditLog
+from gateway.errors import ConfigurationError
+from gateway.pipeline import Stage
+from gateway.settings import Settings
+from models.features import FeatureStore
+from policies.data_policy import DataPolicy
+from privacy.consent_stage import ConsentStage
+from privacy.consent_store import (
+    ConsentStore,
+    ConsentStoreError,
+    PostgresConsentStore,
+    SqliteConsentStore,
+)
+from privacy.feature_erasure import reapply
+from privacy.nlp import OfflineAnalyzer, build_analyzer, describe
+from privacy.redact_stage import RedactStage
+from privacy.redaction import Redactor
+from privacy.subjects import SubjectService
+
+log = logging.getLogger("gateway.privacy")
+
+PolicySource = Callable[[], tuple[DataPolicy | None, str]]
+
+
+@functools.cache
+def shared_analyzer(ner_model: str | None) -> OfflineAnalyzer:
+    """One analyzer per process and NER model: building it costs seconds, and it holds no
+    request state (apps built in the same process, e.g. by tests, share it)."""
+    analyzer = build_analyzer(ner_model)
+    analyzer.engine.analyze("warm up jane@example.com 212-555-0199", language="en")
+    return analyzer
+
+
+def open_consent_store(settings: Settings) -> ConsentStore:
+    cfg = settings.privacy
+    secret = settings.secret_key.get_secret_value().encode()
+    try:
+        if cfg.consent_postgres_dsn is not None:
+            return PostgresConsentStore(
+                cfg.consent_postgres_dsn.get_secret_value(), cfg.consent_postgres_schema, secret
+            )
+        return SqliteConsentStore(settings.resolve(cfg.consent_sqlite_path), secret)
+    except ConsentStoreError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def undetectable(analyzer: OfflineAnalyzer, data: DataPolicy | None) -> dict[str, list[str]]:
+    """Entities a jurisdiction asks for that this engine cannot detect (e.g. PERSON, no NER)."""
+    if data is None:
+        return {}
+    found: dict[str, list[str]] = {}
+    for region in ("default", "eu", "california"):
+        wanted = data.jurisdictions.for_region(region).pii_entities
+        missing = sorted(set(wanted) - set(analyzer.entities))
+        if missing:
+            found[region] = missing
+    return found
+
+
+@dataclass
+class Privacy:
+    analyzer: OfflineAnalyzer
+    redactor: Redactor
+    executor: ThreadPoolExecutor
+    consent: ConsentStore
+    subjects: SubjectService
+    policy: PolicySource
+    model_name: str
+    timeout_s: float
+
+    def rank_stages(self) -> tuple[Stage, ...]:
+        return (
+            ConsentStage(self.consent, lambda: self.policy()[0], model_name=self.model_name),
+            self.redact_stage(),
+        )
+
+    def redact_stage(self) -> RedactStage:
+        return RedactStage(
+            self.redactor, self.policy, timeout_s=self.timeout_s, executor=self.executor
+        )
+
+    def describe(self) -> dict[str, object]:
+        """The running engine and what it can detect (for `/readyz` and the doctor)."""
+        return {
+            **describe(self.analyzer),
+            "consent_store": self.consent.kind,
+            "undetectable": undetectable(self.analyzer, self.policy()[0]),
+        }
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.consent.close()
+
+
+def open_privacy(
+    settings: Settings,
+    *,
+    policy: PolicySource,
+    audit: AuditLog | None,
+    features: FeatureStore | None,
+    clock: Callable[[], float] = time.time,
+) -> Privacy:
+    cfg = settings.privacy
+    analyzer = shared_analyzer(cfg.ner_model)
+    secret = settings.secret_key.get_secret_value().encode()
+    consent = open_consent_store(settings)
+    features_path: Path | None = None
+    if features is not None:
+        features_path = settings.resolve(settings.model.features_path)
+        # Erasures made before this start (or before a restored snapshot) apply again.
+        erased = consent.erased_feature_handles()
+        if erased:
+            n = reapply(features_path, features, lambda u: consent.feature_handle(u) in erased)
+            if n:
+                log.warning("re-applied %d feature-store erasure(s) at start-up", n)
+    return Privacy(
+        analyzer=analyzer,
+        redactor=Redactor(analyzer, secret=secret, cache_size=cfg.redaction_cache_size),
+        executor=ThreadPoolExecutor(cfg.redaction_threads, thread_name_prefix="pii"),
+        consent=consent,
+        subjects=SubjectService(
+            consent, audit=audit, features=features, features_path=features_path, clock=clock
+        ),
+        policy=policy,
+        model_name=settings.model.name,
+        timeout_s=cfg.redaction_timeout_ms / 1000.0,
+    )

@@ -1,0 +1,184 @@
+"""Stage 3: consent. Store + Sec-GPC + TCF -> may the model use this subject's profile?
+
+Per purpose, the sources are asked in the bundle's `consent.precedence` order
+(default gpc, tcf, store); the first one that has an opinion decides:
+- gpc: `Sec-GPC: 1` denies the purposes in `consent.gpc_opt_out`; it never grants;
+- tcf: a TC string (valid, withdrawn or malformed) decides the purposes mapped in
+  `consent.tcf_purposes`; malformed counts as a denial;
+- store: the subject's latest stored entry for the purpose.
+No opinion anywhere: `default_personalization` for personalization, denied otherwise.
+
+`may_personalize` needs every purpose the model's policy lists. It is never a
+refusal: the rank stage takes the non-personalised path. The exception is a model
+flagged `significant_decision` (GDPR Art. 22): it runs only with explicit stored
+consent (lawful basis "consent") for all its purposes, else 403 consent-required.
+
+A consent store that cannot be read counts as no consent (non-personalised
+path) and is logged; only an Art. 22 model is refused then (503).
+
+Jurisdiction of the request (it picks the PII entity set of stage 4): the one
+stored with the subject's latest consent entry; else the caller's
+`Data-Jurisdiction` header (eu, california, default); else default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.pipeline import RankQuery, RequestContext
+from policies.data_policy import ConsentPolicy, DataPolicy
+from privacy.consent_store import (
+    JURISDICTIONS,
+    PURPOSES,
+    ConsentEntry,
+    ConsentStore,
+    ConsentStoreError,
+)
+from privacy.errors import ConsentRequired, ConsentUnavailable
+from privacy.signals import TcfSignal, gpc_opt_out, tcf_from_headers
+
+log = logging.getLogger("gateway.privacy")
+
+JURISDICTION_HEADER = "data-jurisdiction"
+
+
+@dataclass(frozen=True)
+class ConsentDecision:
+    may_personalize: bool
+    purposes: Mapping[str, bool]
+    sources: Mapping[str, str]  # purpose -> gpc | tcf | store | default
+    needed: tuple[str, ...]  # purposes the model needs for a personalised call
+    jurisdiction: str
+    gpc: bool
+    tcf: str  # absent | valid | malformed
+    explicit: bool  # every needed purpose granted by stored consent (lawful basis consent)
+    store_ok: bool = True
+
+    def as_audit(self) -> dict[str, Any]:
+        """The audit record's `consent` field: decisions and sources, nothing personal."""
+        return {
+            "personalized": self.may_personalize,
+            "purposes": dict(self.purposes),
+            "sources": dict(self.sources),
+            "jurisdiction": self.jurisdiction,
+            "gpc": self.gpc,
+            "tcf": self.tcf,
+            "store": "ok" if self.store_ok else "unavailable",
+        }
+
+
+def _jurisdiction(stored: Mapping[str, ConsentEntry], headers: Mapping[str, str]) -> str:
+    if stored:
+        latest = max(stored.values(), key=lambda e: e.ts_ms)
+        return latest.jurisdiction
+    declared = headers.get(JURISDICTION_HEADER, "").strip().lower()
+    return declared if declared in JURISDICTIONS else "default"
+
+
+def decide(
+    policy: ConsentPolicy,
+    needed: tuple[str, ...],
+    stored: Mapping[str, ConsentEntry],
+    *,
+    gpc: bool,
+    tcf: TcfSignal,
+    jurisdiction: str = "default",
+    store_ok: bool = True,
+) -> ConsentDecision:
+    """Pure: the decision for one request (see the module doc for the rules)."""
+    purposes: dict[str, bool] = {}
+    sources: dict[str, str] = {}
+    for purpose in dict.fromkeys((*PURPOSES, *needed)):
+        verdict: bool | None = None
+        source = "default"
+        for candidate in policy.precedence:
+            if candidate == "gpc" and gpc and purpose in policy.gpc_opt_out:
+                verdict = False
+            elif candidate == "tcf" and tcf.state != "absent" and purpose in policy.tcf_purposes:
+                verdict = tcf.grants(policy.tcf_purposes[purpose], policy.tcf_vendor_id)
+            elif candidate == "store" and not store_ok:
+                verdict = False  # unreadable store: assume no consent
+            elif candidate == "store" and purpose in stored:
+                verdict = stored[purpose].granted
+            if verdict is not None:
+                source = candidate
+                break
+        if verdict is None:
+            verdict = policy.default_personalization if purpose == "personalization" else False
+        purposes[purpose] = verdict
+        sources[purpose] = source
+    explicit = all(
+        p in stored and stored[p].granted and stored[p].lawful_basis == "consent" and purposes[p]
+        for p in needed
+    )
+    return ConsentDecision(
+        may_personalize=all(purposes[p] for p in needed),
+        purposes=purposes,
+        sources=sources,
+        needed=needed,
+        jurisdiction=jurisdiction,
+        gpc=gpc,
+        tcf=tcf.state,
+        explicit=explicit and store_ok,
+        store_ok=store_ok,
+    )
+
+
+_FALLBACK_POLICY = ConsentPolicy()
+
+
+class ConsentStage:
+    name = "consent"
+
+    def __init__(
+        self,
+        store: ConsentStore,
+        data_policy: Callable[[], DataPolicy | None],
+        *,
+        model_name: str,
+    ) -> None:
+        self._store = store
+        self._data_policy = data_policy
+        self._model = model_name
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query = ctx.payload
+        if not isinstance(query, RankQuery):
+            return ctx  # no data subject in this request (OIP tensors, admin...)
+        data = self._data_policy()
+        policy = data.consent if data is not None else _FALLBACK_POLICY
+        model = data.model(self._model) if data is not None else None
+        needed = model.purposes if model is not None else ("personalization",)
+        tenant = ctx.principal.tenant if ctx.principal else None
+        store_ok = True
+        stored: dict[str, ConsentEntry] = {}
+        try:
+            if self._store.inline_reads:
+                stored = self._store.current(tenant, query.user_id)
+            else:
+                stored = await asyncio.to_thread(self._store.current, tenant, query.user_id)
+        except ConsentStoreError as exc:
+            store_ok = False
+            log.error("consent store unreadable, ranking without personalisation: %s", exc)
+        decision = decide(
+            policy,
+            needed,
+            stored,
+            gpc=gpc_opt_out(ctx.headers),
+            tcf=tcf_from_headers(ctx.headers),
+            jurisdiction=_jurisdiction(stored, ctx.headers),
+            store_ok=store_ok,
+        )
+        ctx = ctx.evolve(consent=decision)
+        if model is not None and model.significant_decision and not decision.explicit:
+            if not store_ok:
+                raise ConsentUnavailable(log_cause="consent store unreadable for an Art. 22 model")
+            raise ConsentRequired(
+                "this model makes significant automated decisions and needs the subject's "
+                "explicit consent"
+            )
+        return ctx

@@ -1,0 +1,177 @@
+"""Stage 4: redact. Personal data in free text is replaced before the model or the audit sees it.
+
+What is redacted: `/v1/rank` `context.query` always, plus the `context` fields
+the bundle's `redaction.fields` names; OIP v2 string (BYTES) tensors, element by
+element. Which entities and how: the jurisdiction's entity set, operators and
+thresholds from the bundle in force (`jurisdictions`), the bundle's allow-list.
+
+Fail closed: if the analyzer raises or exceeds `privacy.redaction_timeout_ms`,
+the request is refused with 503 redaction-unavailable (and audited); raw text is
+never passed on. The analyzer runs on a small thread pool, off the event loop;
+a request without text does no work at all. Log lines name the exception type
+only: an analyzer's message could quote the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.pipeline import InferQuery, RankQuery, RequestContext
+from policies.data_policy import DataPolicy, RedactionPolicy
+from privacy.errors import RedactionUnavailable
+from privacy.redaction import Redacted, RedactionRules, Redactor
+
+log = logging.getLogger("gateway.privacy")
+
+ALWAYS = ("context.query",)
+
+
+@dataclass(frozen=True)
+class RedactionOutcome:
+    counts: Mapping[str, int]
+    jurisdiction: str
+    fields: int  # text fields examined
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_audit(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "jurisdiction": self.jurisdiction}
+
+
+def rules_for(data: DataPolicy | None, jurisdiction: str, fingerprint: str) -> RedactionRules:
+    if data is None:
+        return RedactionRules(entities=frozenset(), fingerprint=fingerprint)
+    region = data.jurisdictions.for_region(jurisdiction)
+    return RedactionRules(
+        entities=frozenset(region.pii_entities),
+        operators=dict(region.operators),
+        thresholds=dict(region.score_thresholds),
+        default_threshold=data.redaction.default_threshold,
+        allow_list=data.redaction.allow_list,
+        fingerprint=f"{fingerprint}|{jurisdiction}",
+    )
+
+
+def _merge(counts: dict[str, int], found: Mapping[str, int]) -> None:
+    for entity, n in found.items():
+        counts[entity] = counts.get(entity, 0) + n
+
+
+class RedactStage:
+    name = "redact"
+
+    def __init__(
+        self,
+        redactor: Redactor,
+        policy: Callable[[], tuple[DataPolicy | None, str]],
+        *,
+        timeout_s: float,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self._redactor = redactor
+        self._policy = policy  # the bundle in force and its content hash
+        self._timeout = timeout_s
+        self._executor = executor
+        self._rules: dict[tuple[str, str], RedactionRules] = {}
+
+    async def __call__(self, ctx: RequestContext) -> RequestContext:
+        query = ctx.payload
+        data, bundle_hash = self._policy()
+        jurisdiction = getattr(ctx.consent, "jurisdiction", None) or "default"
+        rules = self._rules.get((bundle_hash, jurisdiction))
+        if rules is None:
+            rules = rules_for(data, jurisdiction, bundle_hash)
+            if len(self._rules) > 64:  # old bundles' rules
+                self._rules.clear()
+            self._rules[(bundle_hash, jurisdiction)] = rules
+        tenant = ctx.principal.tenant if ctx.principal else None
+        if isinstance(query, RankQuery):
+            fields = _rank_fields(data.redaction if data is not None else RedactionPolicy())
+            texts = {k: v for k, v in query.context.items() if k in fields and v.strip()}
+            if not texts:
+                return ctx.evolve(redaction=RedactionOutcome({}, jurisdiction, 0))
+            done = await self._run(list(texts.values()), rules, tenant)
+            context = dict(query.context)
+            counts: dict[str, int] = {}
+            for key, redacted in zip(texts, done, strict=True):
+                context[key] = redacted.text
+                _merge(counts, redacted.counts)
+            payload = RankQuery(
+                user_id=query.user_id, item_ids=query.item_ids, top_k=query.top_k, context=context
+            )
+            outcome = RedactionOutcome(counts, jurisdiction, len(texts))
+            return ctx.evolve(payload=payload, redaction=outcome)
+        if isinstance(query, InferQuery):
+            return await self._infer(ctx, query, rules, tenant, jurisdiction)
+        return ctx
+
+    async def _infer(
+        self,
+        ctx: RequestContext,
+        query: InferQuery,
+        rules: RedactionRules,
+        tenant: str | None,
+        jurisdiction: str,
+    ) -> RequestContext:
+        strings = {
+            name: array
+            for name, array in query.feeds.items()
+            if isinstance(array, np.ndarray) and array.dtype.kind in "OUS"
+        }
+        if not strings:
+            return ctx.evolve(redaction=RedactionOutcome({}, jurisdiction, 0))
+        feeds = dict(query.feeds)
+        counts: dict[str, int] = {}
+        n = 0
+        for name, array in strings.items():
+            flat = [_text(v) for v in array.reshape(-1).tolist()]
+            done = await self._run(flat, rules, tenant)
+            for redacted in done:
+                _merge(counts, redacted.counts)
+            n += len(flat)
+            feeds[name] = np.array([r.text for r in done], dtype=object).reshape(array.shape)
+        payload = InferQuery(id=query.id, feeds=feeds, outputs=query.outputs)
+        return ctx.evolve(payload=payload, redaction=RedactionOutcome(counts, jurisdiction, n))
+
+    async def _run(
+        self, texts: list[str], rules: RedactionRules, tenant: str | None
+    ) -> list[Redacted]:
+        # Repeated texts (search queries) are answered from the keyed cache on the loop:
+        # an HMAC and a dict lookup cost less than a hop to the thread pool.
+        hits = [self._redactor.cached(t, rules, tenant) for t in texts]
+        if all(h is not None for h in hits):
+            return [h for h in hits if h is not None]
+
+        def work() -> list[Redacted]:
+            return [self._redactor.redact(t, rules, tenant) for t in texts]
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, work), timeout=self._timeout
+            )
+        except TimeoutError:
+            raise RedactionUnavailable(log_cause="PII analyzer timed out") from None
+        except Exception as exc:  # third-party analyzer: any failure refuses (fail closed)
+            raise RedactionUnavailable(
+                log_cause=f"PII analyzer failed: {type(exc).__name__}"
+            ) from None
+
+
+def _rank_fields(policy: RedactionPolicy) -> frozenset[str]:
+    return frozenset(p.removeprefix("$.").split(".", 1)[1] for p in (*ALWAYS, *policy.fields))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

@@ -1,0 +1,201 @@
+"""PII redaction: Presidio findings -> per-entity operators, with a bounded keyed cache.
+
+Operators (from the bundle's data policy, per jurisdiction):
+- `replace`: the span becomes `<ENTITY_TYPE>`;
+- `mask`: every character but the last four becomes `*` (all of it when short);
+- `pseudonymize`: `<ENTITY_TYPE:hex16>`, an HMAC-SHA256 of the normalised value
+  under a key derived per tenant from the gateway secret. Stable, so identifiers
+  stay joinable inside one tenant; unlinkable across tenants and without the
+  secret (no unsalted hashes of personal data anywhere).
+
+Overlapping findings (an e-mail also matches URL) keep the highest score, then
+the longest span. `redact` is blocking (spaCy + regexes): the stage calls it off
+the event loop.
+
+The cache maps HMAC(cache key, rules || tenant || text) to the redacted text and
+counts, so it never holds raw text as a key; its values hold only redacted text.
+Search queries repeat, so this is most of the traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from presidio_analyzer import RecognizerResult
+
+from privacy.nlp import LANGUAGE, OfflineAnalyzer
+
+MASK_KEEP = 4
+_PSEUDONYM_INFO = b"gateway-pii-pseudonym-v1\x00"
+_CACHE_INFO = b"gateway-pii-cache-v1\x00"
+
+
+@dataclass(frozen=True)
+class RedactionRules:
+    """What to detect and how to treat it, for one jurisdiction of one bundle."""
+
+    entities: frozenset[str]
+    operators: Mapping[str, str] = field(default_factory=dict)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    default_threshold: float = 0.4
+    allow_list: tuple[str, ...] = ()
+    # Where the rules came from (bundle hash + jurisdiction), for humans and logs.
+    fingerprint: str = ""
+    # Cache keys commit to the rules' content, so two rule sets never share an entry.
+    identity: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        content = repr(
+            (
+                sorted(self.entities),
+                sorted(self.operators.items()),
+                sorted(self.thresholds.items()),
+                self.default_threshold,
+                self.allow_list,
+            )
+        )
+        object.__setattr__(self, "identity", hashlib.sha256(content.encode()).digest())
+
+    def threshold(self, entity: str) -> float:
+        return self.thresholds.get(entity, self.default_threshold)
+
+
+@dataclass(frozen=True)
+class Redacted:
+    text: str
+    counts: Mapping[str, int]
+
+
+def _normalise(value: str) -> str:
+    return "".join(value.split()).casefold()
+
+
+def mask(value: str) -> str:
+    if len(value) <= MASK_KEEP * 2:
+        return "*" * len(value)
+    return "*" * (len(value) - MASK_KEEP) + value[-MASK_KEEP:]
+
+
+def _select(findings: list[RecognizerResult], rules: RedactionRules) -> list[RecognizerResult]:
+    """Findings over their threshold, without overlaps (best score, then longest span)."""
+    kept: list[RecognizerResult] = []
+    candidates = [
+        f
+        for f in findings
+        if f.entity_type in rules.entities and f.score >= rules.threshold(f.entity_type)
+    ]
+    # Ties go to a finding its context words support (a 9-digit number after "passport"
+    # is a passport number, not a phone number), then to the longer span.
+    candidates.sort(
+        key=lambda f: (
+            -f.score,
+            not (f.recognition_metadata or {}).get(
+                RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY
+            ),
+            -(f.end - f.start),
+            f.start,
+        )
+    )
+    for finding in candidates:
+        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
+            kept.append(finding)
+    kept.sort(key=lambda f: f.start)
+    return kept
+
+
+class Redactor:
+    def __init__(self, analyzer: OfflineAnalyzer, *, secret: bytes, cache_size: int) -> None:
+        self.analyzer = analyzer
+        self._pseudonym_root = hmac.new(secret, _PSEUDONYM_INFO, hashlib.sha256).digest()
+        self._cache_key = hmac.new(secret, _CACHE_INFO, hashlib.sha256).digest()
+        self._cache: OrderedDict[bytes, Redacted] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._tenant_keys: dict[str, bytes] = {}
+
+    @property
+    def entities(self) -> tuple[str, ...]:
+        return self.analyzer.entities
+
+    def tenant_key(self, tenant: str | None) -> bytes:
+        name = tenant or ""
+        key = self._tenant_keys.get(name)
+        if key is None:
+            key = hmac.new(self._pseudonym_root, name.encode(), hashlib.sha256).digest()
+            self._tenant_keys[name] = key
+        return key
+
+    def pseudonym(self, entity: str, value: str, tenant: str | None) -> str:
+        message = entity.encode() + b"\x00" + _normalise(value).encode()
+        digest = hmac.new(self.tenant_key(tenant), message, hashlib.sha256).hexdigest()
+        return f"<{entity}:{digest[:16]}>"
+
+    def _cache_id(self, text: str, rules: RedactionRules, tenant: str | None) -> bytes:
+        message = b"\x00".join((rules.identity, (tenant or "").encode(), text.encode()))
+        return hmac.new(self._cache_key, message, hashlib.sha256).digest()
+
+    def cached(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted | None:
+        if self._cache_size <= 0:
+            return None
+        key = self._cache_id(text, rules, tenant)
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+            return found
+
+    def redact(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted:
+        """Blocking. Raises whatever the analyzer raises: callers fail closed."""
+        if not text.strip():
+            return Redacted(text, {})
+        key = self._cache_id(text, rules, tenant) if self._cache_size > 0 else b""
+        if key:
+            with self._lock:
+                found = self._cache.get(key)
+                if found is not None:
+                    self._cache.move_to_end(key)
+                    return found
+        result = self._redact(text, rules, tenant)
+        if key:
+            with self._lock:
+                self._cache[key] = result
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def analyze(self, text: str, rules: RedactionRules) -> list[RecognizerResult]:
+        wanted = sorted(rules.entities & set(self.analyzer.entities))
+        if not wanted:
+            return []
+        findings: list[RecognizerResult] = self.analyzer.engine.analyze(
+            text,
+            language=LANGUAGE,
+            entities=wanted,
+            allow_list=list(rules.allow_list) or None,
+        )
+        return _select(findings, rules)
+
+    def _redact(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted:
+        counts: dict[str, int] = {}
+        parts: list[str] = []
+        cursor = 0
+        for finding in self.analyze(text, rules):
+            entity = finding.entity_type
+            value = text[finding.start : finding.end]
+            operator = rules.operators.get(entity, "replace")
+            if operator == "mask":
+                replacement = mask(value)
+            elif operator == "pseudonymize":
+                replacement = self.pseudonym(entity, value, tenant)
+            else:
+                replacement = f"<{entity}>"
+            parts += [text[cursor : finding.start], replacement]
+            cursor = finding.end
+            counts[entity] = counts.get(entity, 0) + 1
+        parts.append(text[cursor:])
+        return Redacted("".join(parts), counts)

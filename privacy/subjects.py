@@ -1,0 +1,144 @@
+"""Data-subject rights: access (one JSON export) and erasure.
+
+Who the subject is: the `user_id` of `/v1/rank` within the caller's tenant (the
+token's tenant claim; none for the embedded issuer's demo clients). The audit
+log, the consent store and these endpoints all key the subject by that same
+(tenant, user_id) pair:
+- audit records carry HMAC(subject key, "pseudonym"), the subject key being found
+  by HMAC(handle key, tenant || 0 || user_id) (audit.subjects);
+- the consent store keeps HMAC(consent handle key, tenant || 0 || user_id);
+- the feature store is shared by all tenants and keyed by user_id alone.
+
+Erasure (idempotent): the feature row (file and memory), then the consent history
+under an erasure marker, then the audit subject key (crypto-shredding, with an
+erasure event appended to the log, which therefore still verifies). A failure in
+any step is a 503 and the call can simply be repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from audit.appender import AppendFailed
+from audit.export import subject_pseudonym
+from audit.log import AuditLog
+from audit.record import RecordError, parse
+from audit.store import StoreError
+from audit.subjects import SubjectKeyError
+from gateway.errors import AuditUnavailable
+from models.features import FeatureStore
+from privacy.consent_store import ConsentStore, ConsentStoreError
+from privacy.errors import ConsentUnavailable
+from privacy.feature_erasure import erase_user
+
+
+@dataclass(frozen=True)
+class SubjectQuery:
+    """The payload of a subject route; `data_subject` lets the audit stage key the record."""
+
+    data_subject: str | None
+
+
+class SubjectService:
+    def __init__(
+        self,
+        consent: ConsentStore,
+        *,
+        audit: AuditLog | None,
+        features: FeatureStore | None,
+        features_path: Path | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.consent = consent
+        self._audit = audit
+        self._features = features
+        self._features_path = features_path
+        self._clock = clock
+
+    # -- access --------------------------------------------------------------
+
+    async def export(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
+        try:
+            current = await asyncio.to_thread(self.consent.current, tenant, subject_id)
+            history = await asyncio.to_thread(self.consent.history, tenant, subject_id)
+            erased = await asyncio.to_thread(self.consent.erased, tenant, subject_id)
+        except ConsentStoreError as exc:
+            raise ConsentUnavailable(log_cause=f"consent store: {exc}") from exc
+        audit: dict[str, Any] = {"pseudonym": None, "records": []}
+        if self._audit is not None:
+            try:
+                audit = await asyncio.to_thread(self._audit_records, tenant, subject_id)
+            except (StoreError, SubjectKeyError) as exc:
+                raise AuditUnavailable(log_cause=f"subject export: {exc}") from exc
+        return {
+            "subject": {"id": subject_id, "tenant": tenant},
+            "generated_at": datetime.fromtimestamp(self._clock(), UTC).isoformat(),
+            "erasure_requested_before": erased,
+            "consent": {
+                "current": [e.as_json() for e in current.values()],
+                "history": [e.as_json() for e in history],
+            },
+            "audit": audit,
+            "features": self._feature_values(subject_id),
+        }
+
+    def _audit_records(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
+        """Blocking: scan the log for the subject's pseudonym and open each record."""
+        assert self._audit is not None  # noqa: S101 - checked by the caller
+        pseudonym = subject_pseudonym(self._audit, tenant, subject_id)
+        if pseudonym is None:
+            # Never seen, or erased: erasure destroyed the only link from id to records.
+            return {"pseudonym": None, "records": []}
+        records = []
+        for leaf in self._audit.store.iter_leaves():
+            if leaf.payload is None:
+                continue  # purged past retention
+            try:
+                record = parse(leaf.payload)
+            except RecordError:
+                continue
+            if record.get("subject") == pseudonym:
+                opened = self._audit.open_record(leaf.payload, unseal=True)
+                records.append({"index": leaf.index, **opened})
+        return {"pseudonym": pseudonym, "records": records}
+
+    def _feature_values(self, subject_id: str) -> dict[str, Any]:
+        store = self._features
+        row = store.user_row(subject_id) if store is not None else None
+        if store is None or row is None:
+            return {"known": False, "values": {}}
+        names = store.user_feature_names
+        return {"known": True, "values": dict(zip(names, row.tolist(), strict=True))}
+
+    # -- erasure -------------------------------------------------------------
+
+    async def erase(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
+        feature_row = False
+        if self._features is not None and self._features_path is not None:
+            feature_row = await asyncio.to_thread(
+                erase_user, self._features_path, self._features, subject_id
+            )
+        try:
+            consent_rows = await asyncio.to_thread(
+                self.consent.erase, tenant, subject_id, int(self._clock() * 1000)
+            )
+        except ConsentStoreError as exc:
+            raise ConsentUnavailable(log_cause=f"consent erasure: {exc}") from exc
+        audit_key = False
+        if self._audit is not None:
+            try:
+                audit_key = await self._audit.erase_subject(tenant, subject_id)
+            except (AppendFailed, StoreError, SubjectKeyError) as exc:
+                raise AuditUnavailable(log_cause=f"audit erasure: {exc}") from exc
+        return {
+            "erased": True,
+            "feature_row_erased": feature_row,
+            "consent_rows_deleted": consent_rows,
+            "audit_key_destroyed": audit_key,
+        }

@@ -1,0 +1,233 @@
+"""Consent store (both backends, attacked with raw SQL) and the consent decision rules."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from gateway.pipeline import Principal, RankQuery, RequestContext
+from policies.data_policy import ConsentPolicy, DataPolicy
+from privacy.consent_stage import ConsentStage, decide
+from privacy.consent_store import (
+    ConsentEntry,
+    ConsentStore,
+    PostgresConsentStore,
+    SqliteConsentStore,
+)
+from privacy.errors import ConsentRequired
+from privacy.signals import ABSENT, MALFORMED, decode_tcf
+from tests.privacy.tcf import encode_core
+
+PG_DSN = os.environ.get("AUDIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_UNREACHABLE = "PostgreSQL at 127.0.0.1:5432 unreachable: consent store backend NOT TESTED"
+SECRET = b"s" * 32
+
+
+def entry(purpose: str = "personalization", granted: bool = True, **kw: object) -> ConsentEntry:
+    fields: dict[str, object] = {
+        "lawful_basis": "consent",
+        "jurisdiction": "eu",
+        "source": "test",
+        "ts_ms": 1,
+        "policy_version": "v",
+    }
+    fields.update(kw)
+    return ConsentEntry(purpose, granted, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsentStore]:
+    if request.param == "sqlite":
+        opened: ConsentStore = SqliteConsentStore(tmp_path / "consent.db", SECRET)
+        yield opened
+        opened.close()
+        return
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        print(f"WARNING: {PG_UNREACHABLE} ({exc})", file=sys.stderr)
+        pytest.skip(PG_UNREACHABLE)
+    schema = f"test_consent_{uuid.uuid4().hex[:16]}"
+    opened = PostgresConsentStore(PG_DSN, schema, SECRET)
+    yield opened
+    opened.close()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def raw(store: ConsentStore, statement: str) -> None:
+    """Plain SQL with the store's own connection, as someone with database access would."""
+    if isinstance(store, SqliteConsentStore):
+        store._conn.execute(statement)
+    else:
+        assert isinstance(store, PostgresConsentStore)
+        with store._conn.transaction():
+            store._search_path()
+            store._conn.execute(statement.encode())
+
+
+REJECTED = (sqlite3.DatabaseError, psycopg.Error)
+
+
+def test_current_is_the_latest_entry_per_purpose(store: ConsentStore) -> None:
+    store.record("t", "alice", [entry(granted=True, ts_ms=1), entry("analytics", False)])
+    store.record("t", "alice", [entry(granted=False, ts_ms=2)])
+    current = store.current("t", "alice")
+    assert current["personalization"].granted is False
+    assert current["analytics"].granted is False
+    assert [e.granted for e in store.history("t", "alice")] == [True, False, False]
+    # Tenants are separate subjects.
+    assert store.current("other", "alice") == {}
+
+
+def test_no_subject_id_is_stored(store: ConsentStore, tmp_path: Path) -> None:
+    store.record(None, "bob-the-subject", [entry()])
+    if isinstance(store, SqliteConsentStore):
+        data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+        assert b"bob-the-subject" not in data
+
+
+def test_history_cannot_be_rewritten(store: ConsentStore) -> None:
+    store.record(None, "carol", [entry(granted=False)])
+    with pytest.raises(REJECTED):
+        raw(store, "UPDATE consent_history SET granted = 1")
+    with pytest.raises(REJECTED):
+        raw(store, "DELETE FROM consent_history")
+    assert store.current(None, "carol")["personalization"].granted is False
+
+
+def test_erasure_is_the_only_delete(store: ConsentStore) -> None:
+    store.record(None, "dave", [entry(), entry("analytics")])
+    store.record(None, "erin", [entry()])
+    assert store.erase(None, "dave", 5) == 2
+    assert store.history(None, "dave") == []
+    assert store.erased(None, "dave") is True
+    assert len(store.history(None, "erin")) == 1  # others untouched
+    # The marker covers only what it erased: later consent of the same id is protected.
+    store.record(None, "dave", [entry()])
+    with pytest.raises(REJECTED):
+        raw(store, "DELETE FROM consent_history")
+    with pytest.raises(REJECTED):
+        raw(store, "DELETE FROM consent_erasures")
+    with pytest.raises(REJECTED):
+        raw(store, "UPDATE consent_erasures SET history_upto = 999999")
+    assert store.erase(None, "dave", 6) == 1  # idempotent, and again possible
+    assert store.feature_handle("dave") in store.erased_feature_handles()
+
+
+# -- decisions -------------------------------------------------------------
+
+DEFAULT = ConsentPolicy(
+    tcf_purposes={"personalization": (1, 3, 4)},
+    gpc_opt_out=("sale_share", "personalization"),
+)
+STORED_YES = {"personalization": entry(granted=True)}
+STORED_NO = {"personalization": entry(granted=False)}
+TCF_YES = decode_tcf(encode_core(purposes={1, 3, 4}))
+TCF_NO = decode_tcf(encode_core(purposes={1, 3}))
+NEEDED = ("personalization",)
+
+
+@pytest.mark.parametrize(
+    ("precedence", "gpc", "tcf", "stored", "personal", "source"),
+    [
+        (("gpc", "tcf", "store"), False, ABSENT, {}, False, "default"),
+        (("gpc", "tcf", "store"), False, ABSENT, STORED_YES, True, "store"),
+        (("gpc", "tcf", "store"), True, ABSENT, STORED_YES, False, "gpc"),
+        (("gpc", "tcf", "store"), False, TCF_YES, STORED_NO, True, "tcf"),
+        (("gpc", "tcf", "store"), False, TCF_NO, STORED_YES, False, "tcf"),
+        (("gpc", "tcf", "store"), False, MALFORMED, STORED_YES, False, "tcf"),
+        (("gpc", "tcf", "store"), True, TCF_YES, STORED_YES, False, "gpc"),
+        (("store", "tcf", "gpc"), True, TCF_NO, STORED_YES, True, "store"),
+        (("store", "gpc"), True, TCF_YES, {}, False, "gpc"),
+        (("tcf", "store"), True, ABSENT, STORED_YES, True, "store"),
+    ],
+)
+def test_precedence_comes_from_the_policy(
+    precedence: tuple[str, ...],
+    gpc: bool,
+    tcf: object,
+    stored: dict[str, ConsentEntry],
+    personal: bool,
+    source: str,
+) -> None:
+    policy = DEFAULT.model_copy(update={"precedence": precedence})
+    decision = decide(policy, NEEDED, stored, gpc=gpc, tcf=tcf)  # type: ignore[arg-type]
+    assert decision.may_personalize is personal
+    assert decision.sources["personalization"] == source
+
+
+def test_gpc_opts_out_of_sale_even_where_it_does_not_touch_personalisation() -> None:
+    policy = ConsentPolicy(gpc_opt_out=("sale_share",))
+    decision = decide(policy, NEEDED, STORED_YES, gpc=True, tcf=ABSENT)
+    assert decision.may_personalize is True
+    assert decision.purposes["sale_share"] is False
+    assert decision.sources["sale_share"] == "gpc"
+
+
+def test_tcf_vendor_consent_is_required_when_configured() -> None:
+    policy = DEFAULT.model_copy(update={"tcf_vendor_id": 9})
+    without_vendor = decide(policy, NEEDED, {}, gpc=False, tcf=TCF_YES)
+    assert without_vendor.may_personalize is False
+    with_vendor = decode_tcf(encode_core(purposes={1, 3, 4}, vendors={9}))
+    assert decide(policy, NEEDED, {}, gpc=False, tcf=with_vendor).may_personalize is True
+
+
+def test_unreadable_store_means_no_consent() -> None:
+    decision = decide(DEFAULT, NEEDED, {}, gpc=False, tcf=ABSENT, store_ok=False)
+    assert decision.may_personalize is False
+
+
+@pytest.mark.parametrize(
+    "raw_string", ["", "   ", "%%%", "BOGUS.STRING", "A" * 9000, "BOAAAAAAAAAAAAAAA"]
+)
+def test_malformed_tc_strings_never_raise(raw_string: str) -> None:
+    assert decode_tcf(raw_string).state in ("absent", "malformed")
+
+
+def art22_policy(data: DataPolicy) -> DataPolicy:
+    model = data.models["demo-ranker"].model_copy(update={"significant_decision": True})
+    return data.model_copy(update={"models": {**data.models, "demo-ranker": model}})
+
+
+@pytest.mark.asyncio
+async def test_significant_decisions_need_explicit_stored_consent(tmp_path: Path) -> None:
+    from policies.bundle import load_bundle
+
+    data = art22_policy(
+        load_bundle(Path(__file__).resolve().parents[2] / "policies/bundles/default").data
+    )
+    store = SqliteConsentStore(tmp_path / "c.db", SECRET)
+    stage = ConsentStage(store, lambda: data, model_name="demo-ranker")
+    principal = Principal(issuer="i", client_id="c", subject=None, scopes=frozenset())
+
+    def ctx(user: str, headers: dict[str, str] | None = None) -> RequestContext:
+        return RequestContext(
+            request_id="r",
+            action="rank",
+            route="/v1/rank",
+            headers=headers or {},
+            principal=principal,
+            payload=RankQuery(user_id=user, item_ids=("i1",), top_k=1),
+        )
+
+    # A TCF grant is not explicit consent to an Art. 22 decision: refused.
+    tcf = {"tcf-consent": encode_core(purposes={1, 3, 4})}
+    with pytest.raises(ConsentRequired):
+        await stage(ctx("zoe", tcf))
+    store.record(None, "zoe", [entry(lawful_basis="legitimate_interest")])
+    with pytest.raises(ConsentRequired):
+        await stage(ctx("zoe"))
+    store.record(None, "zoe", [entry(lawful_basis="consent")])
+    allowed = await stage(ctx("zoe"))
+    assert allowed.consent.explicit is True
+    assert allowed.consent.may_personalize is True
+    store.close()
