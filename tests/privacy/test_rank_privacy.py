@@ -154,6 +154,17 @@ def test_no_text_means_no_work(client: TestClient, auth: Callable[..., dict[str,
     assert response.json()["redacted"] == {}
 
 
+def test_phone_number_without_context_words_is_redacted(
+    client: TestClient, auth: Callable[..., dict[str, str]]
+) -> None:
+    # Nothing near the number says "phone": the pattern score alone (0.4) must suffice
+    # under the default bundle, as bench/pii measures it; a stricter threshold let
+    # "call me on 212-555-7123" through unredacted.
+    response = rank(client, auth, "u14", query="call me on 212-555-7123 after the film")
+    assert response.status_code == 200, response.text
+    assert response.json()["redacted"] == {"PHONE_NUMBER": 1}
+
+
 def test_jurisdiction_header_picks_the_entity_set(
     client: TestClient, auth: Callable[..., dict[str, str]]
 ) -> None:
