@@ -66,6 +66,7 @@ def request_record(
     policy_ids: list[str],
     model: dict[str, Any] | None,
     policy_bundle: str | None = None,
+    inspection: dict[str, Any] | None = None,
     latency_us: int,
     sealed: dict[str, str] | None,
 ) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def request_record(
         "policy_bundle": policy_bundle,
         "consent": None,
         "pii": None,
-        "inspection": None,
+        "inspection": inspection,
         "model": model,
         "status": status,
         "outcome": outcome,

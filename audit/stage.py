@@ -69,10 +69,20 @@ class AuditStage:
                 if model
                 else None
             ),
+            inspection=_inspection(ctx, error),
             latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
             sealed=sealed,
         )
         await append_durably(self._log, record)
+
+
+def _inspection(ctx: RequestContext, error: GatewayError | None) -> dict[str, Any] | None:
+    """Stage 5's verdict: from the context, or from the refusal when stage 5 refused."""
+    if ctx.inspection is not None:
+        found: dict[str, Any] = ctx.inspection.record()
+        return found
+    carried = getattr(error, "inspection", None)
+    return carried if isinstance(carried, dict) else None
 
 
 async def append_plain(

@@ -34,6 +34,7 @@ from policies.errors import PolicyError
 from policies.manager import PolicyManager, ReloadResult
 from policies.stage import PolicyAuthorizeStage
 from security.authn import AuthenticateStage, IssuerTrust, TokenCache, TokenValidator
+from security.inspection.wiring import Inspection, build_inspection, policy_source
 from security.issuer import EmbeddedIssuer, load_signing_key
 from security.jwks import FileKeySource, JwksError, KeySource, RemoteKeySource, StaticKeySource
 from security.scopes import ScopeAuthorizeStage
@@ -57,6 +58,7 @@ class Components:
     clock: Clock = time.time
     not_ready: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    inspection: Inspection | None = None
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -214,6 +216,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         for task in watchers:
             task.cancel()
         await http.aclose()
+        if components.inspection is not None:
+            await components.inspection.aclose()
         if components.ranker is not None:
             components.ranker.close()
         if components.audit is not None:
@@ -379,6 +383,15 @@ def _build_pipelines(c: Components) -> None:
         if c.policy is not None
         else ScopeAuthorizeStage()
     )
+    # Stage 5 and the per-client rate limit (inside stage 2: before the body is parsed).
+    c.inspection = inspection = build_inspection(
+        c.settings,
+        policy_source(c.policy),
+        c.metrics.registry,
+        c.clock,
+        model_loaded=c.ranker is not None and c.features is not None,
+    )
+    authz = inspection.authorize(authz)
     observe = c.metrics.observe_stage
     final = [AuditStage(c.audit, c.clock)] if c.audit is not None else []
 
@@ -396,11 +409,13 @@ def _build_pipelines(c: Components) -> None:
         RankDecodeStage(
             max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
         ),
+        inspection.stage(),
         RankStage(c.ranker, c.features),
         RankRespondStage(_output_policy(c)),
     )
     c.pipelines["infer"] = pipeline(
         InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
+        inspection.stage(),
         InferStage(c.ranker),
-        InferRespondStage(c.ranker.outputs),
+        InferRespondStage(c.ranker.outputs, _output_policy(c)),
     )

@@ -136,6 +136,19 @@ class PolicySettings(_Frozen):
     shadow_bundle: str | None = None
 
 
+class InspectionSettings(_Frozen):
+    """Stage 5 and rate limits. Thresholds and actions come from the policy bundle."""
+
+    enabled: bool = True
+    # Shared detector, rate-limit and budget state for several replicas (redis://...).
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="gw:", max_length=64)
+    max_clients: int = Field(default=10_000, ge=1)  # in-process detector state
+    # Answer the verdict in an X-Inspection-Verdict header: evaluation only (dev mode),
+    # since it tells an attacker exactly when the detector sees them.
+    expose_verdict: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -158,6 +171,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    inspection: InspectionSettings = InspectionSettings()
 
     @classmethod
     def settings_customise_sources(

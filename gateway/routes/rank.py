@@ -18,4 +18,6 @@ async def rank(request: Request) -> Response:
     pipeline = components.pipeline("rank")
     ctx = components.context(request, "rank", await request.body())
     ctx = await pipeline.run(ctx)
-    return json_response(ctx.response)
+    inspection = components.inspection
+    headers = inspection.verdict_headers(ctx.inspection) if inspection else None
+    return json_response(ctx.response, headers=headers)
