@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from gateway.datadir import InitReport
+from gateway.datadir import InitReport, init_data_dir
 from gateway.settings import Settings
 from models.features import load_arrays
 from policies.bundle import rehash
@@ -103,3 +103,13 @@ def signed_bundle(report: InitReport, target: Path, old: str, new: str) -> Path:
     rehash(bundle)
     sign_bundle(bundle, (report.data_dir / "keys" / "policy-signing.key").read_text().strip())
     return bundle
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory: pytest.TempPathFactory) -> InitReport:
+    return init_data_dir(tmp_path_factory.mktemp("insp") / "gw")
+
+
+@pytest.fixture(scope="session")
+def store(report: InitReport) -> dict[str, Any]:
+    return load_arrays(report.data_dir / "demo" / "features.npz")

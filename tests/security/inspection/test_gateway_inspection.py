@@ -11,26 +11,15 @@ from fastapi.testclient import TestClient
 
 from audit.record import parse
 from gateway.app import create_app
-from gateway.datadir import InitReport, init_data_dir
+from gateway.datadir import InitReport
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings, load_settings
-from models.features import load_arrays
 from tests.security.inspection.conftest import signed_bundle
 
 JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/demo-ranker/infer"
 THRESHOLDS = "  thresholds: {out_of_range: 0.0, query_similarity: 0.9, extraction_rate: 0.8}\n"
 DETECTION = f"detection:\n{THRESHOLDS}  action: flag\n  shadow: false\n"
-
-
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> InitReport:
-    return init_data_dir(tmp_path_factory.mktemp("insp") / "gw")
-
-
-@pytest.fixture(scope="module")
-def store(report: InitReport) -> dict[str, Any]:
-    return load_arrays(report.data_dir / "demo" / "features.npz")
 
 
 def settings_with(
