@@ -31,34 +31,34 @@ class BoundsReport:
 
 
 class Bounds:
-    def __init__(self, stats: FeatureStats, *, id_inputs: tuple[str, ...]) -> None:
-        self._ids = {
-            name: (int(np.ceil(stats[name]["min"][0])), int(np.floor(stats[name]["max"][0])))
+    def __init__(
+        self, stats: FeatureStats, *, id_inputs: tuple[str, ...], feature_inputs: tuple[str, ...]
+    ) -> None:
+        self._ids = [
+            (name, int(np.ceil(stats[name]["min"][0])), int(np.floor(stats[name]["max"][0])))
             for name in id_inputs
             if name in stats
-        }
-        self._features: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {
-            name: (np.asarray(entry["min"]), np.asarray(entry["max"]))
-            for name, entry in stats.items()
-            if name not in id_inputs
-        }
+        ]
+        self._low = np.concatenate([stats[name]["min"] for name in feature_inputs])
+        self._high = np.concatenate([stats[name]["max"] for name in feature_inputs])
+        self._span = self._high - self._low
+        self._tolerance = -1.0
+        self._limits = (self._low, self._high)
 
-    def check(self, feeds: Mapping[str, NDArray[Any]], tolerance: float) -> BoundsReport:
-        """Raise InvalidRequest for unknown ids; count feature values out of bounds."""
-        for name, (first, last) in self._ids.items():
+    def check_ids(self, feeds: Mapping[str, NDArray[Any]]) -> None:
+        """Ids must be known indices: anything else is a client error, not a detection."""
+        for name, first, last in self._ids:
             ids = feeds.get(name)
             if ids is not None and ids.size and (ids.min() < first or ids.max() > last):
                 # Names the input, never the value (it may identify someone).
                 raise InvalidRequest(f"input {name}: unknown id")
-        checked = outside = 0
-        for name, (low, high) in self._features.items():
-            values = feeds.get(name)
-            if values is None:
-                continue
-            slack: NDArray[np.float64] = (high - low) * tolerance
-            rows = values.reshape(values.shape[0] if values.ndim else 1, -1)
-            if rows.shape[1] != low.shape[0]:
-                raise InvalidRequest(f"input {name}: expected {low.shape[0]} columns")
-            checked += rows.size
-            outside += int(np.count_nonzero((rows < low - slack) | (rows > high + slack)))
-        return BoundsReport(values=checked, out_of_range=outside)
+
+    def check(self, x: NDArray[np.float32], tolerance: float) -> BoundsReport:
+        """Count feature values (rows x concatenated feature inputs) out of bounds."""
+        if tolerance != self._tolerance:
+            slack = self._span * tolerance
+            self._limits = (self._low - slack, self._high + slack)
+            self._tolerance = tolerance
+        low, high = self._limits
+        outside = int(np.count_nonzero((x < low) | (x > high)))
+        return BoundsReport(values=int(x.size), out_of_range=outside)

@@ -72,26 +72,32 @@ class Detector:
         policy: DetectionPolicy,
         request_id: str,
     ) -> Observation:
-        bounds = self.bounds.check(feeds, policy.bounds_tolerance)
+        self.bounds.check_ids(feeds)
         prints = self.fingerprinter(feeds, now)
-        off_limit = policy.threshold("off_manifold")
-        prints.records["off"] = prints.off_distance > off_limit
+        bounds = self.bounds.check(prints.x, policy.bounds_tolerance)
+        new = prints.records
+        new["off"] = prints.off_distance > policy.threshold("off_manifold")
         previous, until = await self.state.exchange(
-            key, prints.records, now=now, history=policy.history, window_s=policy.window_seconds
+            key, new, now=now, history=policy.history, window_s=policy.window_seconds
         )
         signals: list[str] = []
         if bounds.out_of_range and bounds.fraction > policy.threshold("out_of_range"):
             signals.append("out_of_range")
-        near = _near_duplicates(
-            previous, prints.records, _radius_cells(policy, self.fingerprinter.dim)
-        )
+        near = _near_duplicates(previous, new, _radius_cells(policy, self.fingerprinter.dim))
         if near >= policy.threshold("near_duplicates"):
             signals.append("near_duplicates")
-        recent = np.concatenate([previous["off"], prints.records["off"]])[-policy.history :]
-        rate = float(recent.mean()) if len(recent) else 0.0
-        if len(recent) >= policy.threshold("min_rows") and rate >= policy.threshold(
-            "extraction_rate"
-        ):
+        offs = int(np.count_nonzero(new["off"]))
+        seen = len(new)
+        if len(previous):
+            judged = (
+                previous["off"][-max(policy.history - seen, 0) :]
+                if seen < policy.history
+                else previous["off"][:0]
+            )
+            offs += int(np.count_nonzero(judged))
+            seen += len(judged)
+        rate = offs / seen if seen else 0.0
+        if seen >= policy.threshold("min_rows") and rate >= policy.threshold("extraction_rate"):
             signals.append("extraction_rate")
         if until > now:
             signals.append("cooldown")
@@ -105,7 +111,7 @@ class Detector:
                 member=request_id,
             )
         return Observation(
-            rows=len(prints.records),
+            rows=len(new),
             signals=tuple(signals),
             out_of_range=bounds.out_of_range,
             near_duplicates=near,
@@ -123,23 +129,24 @@ def _radius_cells(policy: DetectionPolicy, dim: int) -> float:
 def _near_duplicates(previous: NDArray[np.void], new: NDArray[np.void], radius: float) -> int:
     """The largest number of earlier rows (history, then this request's earlier rows)
     on the same ids, within `radius` cells, and not byte-identical, of any new row."""
-    pool = np.concatenate([previous, new])
-    p = len(previous)
-    n = len(new)
+    p, n = len(previous), len(new)
     if p + n < 2:
         return 0
-    cells = pool["proj"].astype(np.int32)
-    mine = cells[p:]
-    # Squared distances new x pool, in cells (int32: 16 dims of at most 254^2 fits).
-    d2 = (
-        (mine * mine).sum(axis=1)[:, None]
-        + (cells * cells).sum(axis=1)[None, :]
-        - 2 * (mine @ cells.T)
-    )
-    close = d2 <= radius * radius
-    close &= new["ids"][:, None] == pool["ids"][None, :]
-    close &= new["exact"][:, None] != pool["exact"][None, :]
+    new_ids = new["ids"]
+    pool_ids = np.concatenate([previous["ids"], new_ids]) if p else new_ids
+    same = new_ids[:, None] == pool_ids[None, :]
     # A new row compares only with rows before it: history, then earlier rows of this batch.
-    earlier = np.arange(p + n)[None, :] < (p + np.arange(n))[:, None]
-    close &= earlier
-    return int(close.sum(axis=1).max())
+    same &= np.arange(p + n)[None, :] < (p + np.arange(n))[:, None]
+    rows, cols = np.nonzero(same)
+    if not len(rows):
+        return 0  # the common case: nothing on the same ids (or only this row)
+    pool_exact = np.concatenate([previous["exact"], new["exact"]]) if p else new["exact"]
+    keep = new["exact"][rows] != pool_exact[cols]
+    rows, cols = rows[keep], cols[keep]
+    if not len(rows):
+        return 0  # exact repeats only: they teach an attacker nothing new
+    pool_proj = np.concatenate([previous["proj"], new["proj"]]) if p else new["proj"]
+    diff = new["proj"][rows].astype(np.int32) - pool_proj[cols].astype(np.int32)
+    close = np.einsum("ij,ij->i", diff, diff) <= radius * radius
+    counts = np.bincount(rows[close], minlength=n)
+    return int(counts.max())

@@ -36,8 +36,8 @@ RECORD = np.dtype(
 @dataclass(frozen=True, slots=True)
 class Fingerprints:
     records: NDArray[np.void]  # RECORD, one per row
-    z: NDArray[np.float32]  # standardised features, one row per query row
-    off_distance: NDArray[np.float32]  # RMS distance to the store row of the same ids
+    x: NDArray[np.float32]  # the feature inputs side by side, one row per query row
+    off_distance: NDArray[np.floating[Any]]  # RMS distance to the store row of the same ids
 
 
 def _seed(secret: bytes, label: bytes) -> int:
@@ -61,7 +61,7 @@ class Fingerprinter:
         for name in self.features:
             entry = stats[name]
             span = np.asarray(entry["max"]) - np.asarray(entry["min"])
-            # Constant columns get a scale from their span (or 1), never a division by 0.
+            # Constant columns get a scale from their span (or 1e-6), never a division by 0.
             std = np.maximum(np.asarray(entry["std"]), np.maximum(span * 1e-3, 1e-6))
             means.append(np.asarray(entry["mean"]))
             scales.append(std)
@@ -69,22 +69,26 @@ class Fingerprinter:
         self._inv_scale = (1.0 / np.concatenate(scales)).astype(np.float32)
         self.dim = int(self._mean.shape[0])
         rng = np.random.default_rng(_seed(secret, b"inspection-projection"))
-        self._projection = (rng.standard_normal((self.dim, K)) / np.sqrt(K)).astype(np.float32)
-        keys = np.random.default_rng(_seed(secret, b"inspection-row-hash"))
-        self._row_keys = keys.integers(1, 2**63, size=self.dim + len(self.ids), dtype=np.uint64) | 1
+        # The cell width is folded into the projection: one matmul, then rounding.
+        projection = rng.standard_normal((self.dim, K)) / np.sqrt(K) / STEP
+        self._projection = projection.astype(np.float32)
+        keys = np.random.default_rng(_seed(secret, b"inspection-id-hash"))
         self._id_keys = keys.integers(1, 2**63, size=len(self.ids), dtype=np.uint64) | 1
-        self._reference: dict[str, tuple[str, NDArray[np.float32]]] = {}
+        self._hash_key = hashlib.blake2b(secret, digest_size=32).digest()
+        # The store's rows, standardised, in feature order: a well-behaved client sends
+        # exactly these for the ids it names.
+        self._reference: list[tuple[str, NDArray[np.float32]]] = []
         offset = 0
-        for name, width in zip(
-            self.features, (len(stats[n]["mean"]) for n in self.features), strict=True
-        ):
-            if tables and name in tables:
+        complete = tables is not None and all(name in tables for name in self.features)
+        for name in self.features:
+            width = len(stats[name]["mean"])
+            if complete and tables is not None:
                 id_name, table = tables[name]
                 sl = slice(offset, offset + width)
                 z_table = (np.asarray(table, dtype=np.float32) - self._mean[sl]) * self._inv_scale[
                     sl
                 ]
-                self._reference[name] = (id_name, z_table.astype(np.float32))
+                self._reference.append((id_name, np.ascontiguousarray(z_table, dtype=np.float32)))
             offset += width
 
     def rows(self, feeds: Mapping[str, NDArray[Any]]) -> int:
@@ -94,51 +98,39 @@ class Fingerprinter:
     def __call__(self, feeds: Mapping[str, NDArray[Any]], now: float) -> Fingerprints:
         n = self.rows(feeds)
         x = np.concatenate(
-            [np.asarray(feeds[name], dtype=np.float32).reshape(n, -1) for name in self.features],
+            [np.asarray(feeds[name]).reshape(n, -1) for name in self.features],
             axis=1,
+            dtype=np.float32,
         )
         z = (x - self._mean) * self._inv_scale
-        ids = (
-            np.stack(
+        ids = np.stack(
+            [np.asarray(feeds[name]).reshape(n).astype(np.int64) for name in self.ids], axis=1
+        )
+        records = np.empty(n, dtype=RECORD)
+        records["ts"] = int(now)
+        with np.errstate(over="ignore"):
+            mixed = (ids.view(np.uint64) * self._id_keys).sum(axis=1, dtype=np.uint64)
+        records["ids"] = (mixed >> np.uint64(32)).astype(np.uint32)
+        # Exact bytes of each row (ids and raw float32 features), keyed.
+        raw = np.concatenate([ids.view(np.uint8), x.view(np.uint8)], axis=1)
+        key = self._hash_key
+        records["exact"] = [
+            int.from_bytes(hashlib.blake2b(r.tobytes(), key=key, digest_size=4).digest(), "little")
+            for r in raw
+        ]
+        # einsum, not @: BLAS threads for a 40x16 product cost more than the product.
+        cells = np.rint(np.einsum("ij,jk->ik", z, self._projection))
+        records["proj"] = np.minimum(np.maximum(cells, -127), 127)
+        if self._reference:
+            reference = np.concatenate(
                 [
-                    np.asarray(feeds[name]).reshape(n).astype(np.int64).view(np.uint64)
-                    for name in self.ids
+                    table[np.asarray(feeds[id_name]).reshape(n).astype(np.int64)]
+                    for id_name, table in self._reference
                 ],
                 axis=1,
             )
-            if self.ids
-            else np.zeros((n, 0), dtype=np.uint64)
-        )
-        records = np.zeros(n, dtype=RECORD)
-        records["ts"] = int(now)
-        records["ids"] = _fold(ids * self._id_keys)
-        # Exact bytes of the row (ids and raw float32 features), keyed multiply-sum hash.
-        words = np.concatenate([ids, x.view(np.uint32).astype(np.uint64)], axis=1)
-        records["exact"] = _fold(words * self._row_keys)
-        cells = np.rint((z @ self._projection) / STEP)
-        records["proj"] = np.clip(cells, -127, 127).astype(np.int8)
-        off = np.zeros(n, dtype=np.float32)
-        offset = 0
-        for name in self.features:
-            width = int(np.asarray(feeds[name]).reshape(n, -1).shape[1])
-            ref = self._reference.get(name)
-            if ref is not None:
-                id_name, table = ref
-                index = np.asarray(feeds[id_name]).reshape(n).astype(np.int64)
-                index = np.clip(index, 0, table.shape[0] - 1)
-                diff = z[:, offset : offset + width] - table[index]
-                off += np.einsum("ij,ij->i", diff, diff)
-            offset += width
-        off_distance = np.sqrt(off / self.dim).astype(np.float32)
-        return Fingerprints(records=records, z=z.astype(np.float32), off_distance=off_distance)
-
-
-def _fold(products: NDArray[np.uint64]) -> NDArray[np.uint32]:
-    """Sum per row (mod 2^64), then fold to 32 bits."""
-    with np.errstate(over="ignore"):
-        total = products.sum(axis=1, dtype=np.uint64)
-        mixed = total ^ (total >> np.uint64(29))
-        mixed = mixed * np.uint64(0xBF58476D1CE4E5B9)
-        mixed ^= mixed >> np.uint64(32)
-    folded: NDArray[np.uint32] = (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return folded
+            diff = z - reference
+            off = np.sqrt(np.einsum("ij,ij->i", diff, diff) / self.dim)
+        else:
+            off = np.zeros(n, dtype=np.float32)
+        return Fingerprints(records=records, x=x, off_distance=off)

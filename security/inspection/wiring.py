@@ -106,7 +106,8 @@ def build_detector(
         id_inputs=ID_INPUTS,
         tables=tables,
     )
-    return Detector(fingerprinter, Bounds(stats, id_inputs=ID_INPUTS), state)
+    bounds = Bounds(stats, id_inputs=ID_INPUTS, feature_inputs=FEATURE_INPUTS)
+    return Detector(fingerprinter, bounds, state)
 
 
 def build_inspection(
