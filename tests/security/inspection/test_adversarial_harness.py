@@ -57,3 +57,9 @@ def test_synthetic_extraction_is_flagged_and_benign_replay_is_not(results: dict[
     }
     assert all(0.0 <= v <= 1.0 for v in results["agreement"].values())
     assert row(results, "FGSM")["runs"] == 2
+
+
+def test_learned_detector_is_evaluated_at_one_percent_false_flags(results: dict[str, Any]) -> None:
+    learned = results["learned"]
+    assert learned["false_flag"] <= 0.011
+    assert {"FGSM transferred", "HopSkipJump (mask: ids fixed)", "ZOO"} <= set(learned)
