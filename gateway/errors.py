@@ -183,6 +183,14 @@ class QueryBudgetExhausted(TooManyRequests):
     title = "Query budget exhausted"
 
 
+class InspectionUnavailable(GatewayError):
+    """Shared rate-limit / detector state unreachable: refused, not waved through (fail closed)."""
+
+    status = 503
+    slug = "inspection-unavailable"
+    title = "The request could not be inspected"
+
+
 class RequestTimeout(GatewayError):
     status = 503
     slug = "timeout"

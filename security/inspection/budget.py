@@ -12,6 +12,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from security.inspection.state import StateUnavailableError
+
 
 @dataclass(frozen=True, slots=True)
 class Spend:
@@ -70,7 +74,10 @@ class RedisBudgets:
 
     async def spend(self, key: str, rows: int, *, limit: int, window_s: int, now: float) -> Spend:
         index, remaining = _window(now, window_s)
-        allowed, used = await self._script(
-            keys=[f"{self._prefix}qb:{key}:{index}"], args=[rows, limit, window_s + 60]
-        )
+        try:
+            allowed, used = await self._script(
+                keys=[f"{self._prefix}qb:{key}:{index}"], args=[rows, limit, window_s + 60]
+            )
+        except RedisError as exc:
+            raise StateUnavailableError(f"redis: {exc}") from exc
         return Spend(bool(allowed), int(used), 0.0 if allowed else remaining)

@@ -10,6 +10,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from security.inspection.state import StateUnavailableError
+
 
 @dataclass(frozen=True, slots=True)
 class Take:
@@ -77,7 +81,10 @@ class RedisRateLimiter:
     async def take(
         self, key: str, *, rate: float, burst: int, now: float, cost: float = 1.0
     ) -> Take:
-        allowed, wait = await self._script(
-            keys=[f"{self._prefix}rl:{key}"], args=[repr(rate), burst, repr(now), repr(cost)]
-        )
+        try:
+            allowed, wait = await self._script(
+                keys=[f"{self._prefix}rl:{key}"], args=[repr(rate), burst, repr(now), repr(cost)]
+            )
+        except RedisError as exc:
+            raise StateUnavailableError(f"redis: {exc}") from exc
         return Take(bool(allowed), float(wait))

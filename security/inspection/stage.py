@@ -15,13 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import InternalError, QueryBudgetExhausted, RequestRefused, TooManyRequests
+from gateway.errors import (
+    InspectionUnavailable,
+    InternalError,
+    QueryBudgetExhausted,
+    RequestRefused,
+    TooManyRequests,
+)
 from gateway.pipeline import InferQuery, Principal, RankQuery, RequestContext, Stage
 from policies.data_policy import DataPolicy
 from security.inspection.budget import Budgets
 from security.inspection.detector import Detector, Observation
 from security.inspection.metrics import InspectionMetrics
 from security.inspection.ratelimit import RateLimiter
+from security.inspection.state import StateUnavailableError
 
 log = logging.getLogger("gateway.inspection")
 
@@ -86,12 +93,15 @@ class RateLimitedAuthorize:
         if principal is None:
             raise InternalError(log_cause="rate limit before authentication")
         rates = self._policy().rate_limits
-        take = await self._limiter.take(
-            "c:" + client_key(principal),
-            rate=rates.per_client_rps,
-            burst=rates.burst,
-            now=self._clock(),
-        )
+        try:
+            take = await self._limiter.take(
+                "c:" + client_key(principal),
+                rate=rates.per_client_rps,
+                burst=rates.burst,
+                now=self._clock(),
+            )
+        except StateUnavailableError as exc:
+            raise InspectionUnavailable(log_cause=str(exc)) from exc
         if not take.allowed:
             self._metrics.refusals.labels("rate").inc()
             raise TooManyRequests(take.retry_after_s, log_cause="client rate limit")
@@ -116,6 +126,13 @@ class InspectStage:
         self._clock = clock
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
+        try:
+            return await self._inspect(ctx)
+        except StateUnavailableError as exc:
+            # Fail closed: without its state the detector cannot vouch for the request.
+            raise InspectionUnavailable(log_cause=str(exc)) from exc
+
+    async def _inspect(self, ctx: RequestContext) -> RequestContext:
         principal, query = ctx.principal, ctx.payload
         if principal is None or not isinstance(query, InferQuery | RankQuery):
             raise InternalError(log_cause="inspect stage without a decoded query")

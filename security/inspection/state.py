@@ -21,10 +21,15 @@ from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from redis.exceptions import RedisError
 
 from security.inspection.fingerprint import RECORD
 
 DEFAULT_HISTORY = 128
+
+
+class StateUnavailableError(Exception):
+    """The shared store (Redis) did not answer; the stage refuses the request."""
 
 
 class DetectorState(Protocol):
@@ -181,9 +186,12 @@ class RedisState:
         self, key: str, records: NDArray[np.void], *, now: float, history: int, window_s: int
     ) -> tuple[NDArray[np.void], float]:
         blobs = [r.tobytes() for r in records[-history:]]
-        cd, old = await self._exchange(
-            keys=self._keys(key, "h", "cd"), args=[history, window_s * 1000, *blobs]
-        )
+        try:
+            cd, old = await self._exchange(
+                keys=self._keys(key, "h", "cd"), args=[history, window_s * 1000, *blobs]
+            )
+        except RedisError as exc:
+            raise StateUnavailableError(f"redis: {exc}") from exc
         raw = b"".join(item for item in old if len(item) == RECORD.itemsize)
         previous = np.frombuffer(raw, dtype=RECORD)
         previous = previous[previous["ts"] >= int(now) - window_s]
@@ -192,9 +200,13 @@ class RedisState:
     async def strike(
         self, key: str, *, now: float, window_s: int, after: int, cooldown_s: int, member: str
     ) -> tuple[int, float]:
-        n, cd = await self._strike(
-            keys=self._keys(key, "s", "cd"), args=[repr(now), window_s, after, cooldown_s, member]
-        )
+        try:
+            n, cd = await self._strike(
+                keys=self._keys(key, "s", "cd"),
+                args=[repr(now), window_s, after, cooldown_s, member],
+            )
+        except RedisError as exc:
+            raise StateUnavailableError(f"redis: {exc}") from exc
         return int(n), float(cd)
 
     async def aclose(self) -> None:

@@ -345,3 +345,31 @@ def test_oip_output_hardening_rank_only(
         response = client.post(INFER, json=body, headers={**bearer(client), **JSON})
         assert response.status_code == 200
         assert sorted(response.json()["outputs"][0]["data"]) == [1.0, 2.0, 3.0]
+
+
+def test_unreachable_redis_fails_closed(
+    report: InitReport, store: dict[str, Any], tmp_path: Path
+) -> None:
+    # Nothing listens on port 1: every request that needs the shared state is refused.
+    dead = {"redis_url": "redis://127.0.0.1:1/0"}
+    with TestClient(create_app(settings_with(report, tmp_path, inspection=dead))) as client:
+        auth = {**bearer(client), **JSON}
+        response = client.post(INFER, json=infer_body(store, 4, 4), headers=auth)
+        assert response.status_code == 503
+        assert response.json() == {"error": "The request could not be inspected"}
+        ranked = client.post("/v1/rank", json={"user_id": "u1", "item_ids": ["i1"]}, headers=auth)
+        assert ranked.json()["type"] == "urn:gateway:problem:inspection-unavailable"
+        assert record(client, ranked.headers["x-request-id"])["status"] == 503
+
+
+def test_detection_thresholds_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from policies.data_policy import DetectionPolicy
+
+    with pytest.raises(ValidationError, match="unknown threshold 'near_dupes'"):
+        DetectionPolicy(thresholds={"near_dupes": 3})
+    with pytest.raises(ValidationError, match=r"query_similarity must be within \[0.0, 1.0\]"):
+        DetectionPolicy(thresholds={"query_similarity": 1.5})
+    assert DetectionPolicy(thresholds={"near_duplicates": 4}).threshold("near_duplicates") == 4
+    assert DetectionPolicy().threshold("near_duplicates") == 8
