@@ -36,10 +36,13 @@ PolicySource = Callable[[], DataPolicy]
 Clock = Callable[[], float]
 
 
-def client_key(principal: Principal) -> str:
-    """Per client, and per subject when the token names one besides the client."""
+def client_key(principal: Principal, *, per_subject: bool = False) -> str:
+    """The client (tenant and client id); with `per_subject`, also the token's subject when
+    it names one besides the client. Rate limits and budgets are per client (a client
+    cannot multiply them by naming subjects); detector histories are per subject, so one
+    user's session is not mixed with another's behind the same service."""
     key = f"{principal.tenant or '-'}/{principal.client_id}"
-    if principal.subject and principal.subject != principal.client_id:
+    if per_subject and principal.subject and principal.subject != principal.client_id:
         key += f"/{principal.subject}"
     return key
 
@@ -151,6 +154,7 @@ class InspectStage:
         if self._detector is None:
             return ctx
         policy = data.detection
+        key = client_key(principal, per_subject=True)
         started = time.perf_counter()
         if isinstance(query, InferQuery):
             observation = await self._detector.observe(
