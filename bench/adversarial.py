@@ -509,7 +509,7 @@ def learned_detector(
             super().fit(x, y)
 
     rng = np.random.default_rng(args.seed + 4)
-    train, test = catalogue_pairs(space, rng, 3000), catalogue_pairs(space, rng, 3000)
+    train, test = catalogue_pairs(space, rng, 3000), catalogue_pairs(space, rng, 30_000)
     if surrogate is None:
         return {}
 
@@ -531,15 +531,19 @@ def learned_detector(
         clean = score(test)
     cut = float(np.quantile(clean, 0.99))  # at most 1 % of clean rows flagged
     out = {"false_flag": float((clean > cut).mean())}
+    # The benign goal is per request: a request of 30 rows is flagged if any row is.
+    per_request = (clean[: len(clean) // 30 * 30] > cut).reshape(-1, 30).any(axis=1)
+    out["benign requests of 30 rows"] = float(per_request.mean())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out["FGSM transferred"] = float(
-            (score(fgsm_points(space, surrogate, test, args.eps)) > cut).mean()
-        )
+        fgsm_scores = score(fgsm_points(space, surrogate, test[:3000], args.eps))
+        out["FGSM transferred"] = float((fgsm_scores > cut).mean())
         for row in rows:
             if row.sent:
                 queries = np.concatenate(row.sent)
                 out[row.name] = float((score(queries) > cut).mean())
+    # The strictest cut this sample supports: none of the 30 000 clean rows flagged.
+    out["FGSM at 0/30000 clean rows flagged"] = float((fgsm_scores > clean.max()).mean())
     return out
 
 

@@ -62,4 +62,5 @@ def test_synthetic_extraction_is_flagged_and_benign_replay_is_not(results: dict[
 def test_learned_detector_is_evaluated_at_one_percent_false_flags(results: dict[str, Any]) -> None:
     learned = results["learned"]
     assert learned["false_flag"] <= 0.011
+    assert 0.0 <= learned["benign requests of 30 rows"] <= 1.0
     assert {"FGSM transferred", "HopSkipJump (mask: ids fixed)", "ZOO"} <= set(learned)
