@@ -76,6 +76,7 @@ class AuditStage:
                 if model
                 else None
             ),
+            inspection=_inspection(ctx, error),
             latency_us=max(0, int((now - ctx.received_at) * 1_000_000)),
             sealed=sealed,
             consent=_summary(ctx.consent),
@@ -98,6 +99,13 @@ def _summary(stage_result: Any) -> dict[str, Any] | None:
         return None
     view: dict[str, Any] = stage_result.as_audit()
     return view
+def _inspection(ctx: RequestContext, error: GatewayError | None) -> dict[str, Any] | None:
+    """Stage 5's verdict: from the context, or from the refusal when stage 5 refused."""
+    if ctx.inspection is not None:
+        found: dict[str, Any] = ctx.inspection.record()
+        return found
+    carried = getattr(error, "inspection", None)
+    return carried if isinstance(carried, dict) else None
 
 
 async def append_plain(

@@ -39,6 +39,7 @@ from policies.manager import PolicyManager, ReloadResult
 from policies.stage import PolicyAuthorizeStage
 from privacy.components import Privacy, open_privacy
 from security.authn import AuthenticateStage, IssuerTrust, TokenCache, TokenValidator
+from security.inspection.wiring import Inspection, build_inspection, policy_source
 from security.issuer import EmbeddedIssuer, load_signing_key
 from security.jwks import FileKeySource, JwksError, KeySource, RemoteKeySource, StaticKeySource
 from security.scopes import ScopeAuthorizeStage
@@ -65,6 +66,7 @@ class Components:
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     models: ModelRegistry | None = None
     variant_metrics: VariantMetrics | None = None
+    inspection: Inspection | None = None
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -225,6 +227,19 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         features=components.features,
         clock=clock,
     )
+    # Stage 5 and the per-client rate limits: built once, so a model hot swap (which
+    # rebuilds the pipelines) keeps every client's detector, rate and budget state.
+    components.inspection = build_inspection(
+        settings,
+        policy_source(components.policy),
+        metrics.registry,
+        clock,
+        model_loaded=components.ranker is not None and components.features is not None,
+        feature_stats=_manifest_stats(components),
+        live_tables=components.features.tables() if components.features is not None else None,
+    )
+    if components.features is not None:
+        components.features.on_forget(components.inspection.forget_user_row)
     _build_pipelines(components)
 
     @asynccontextmanager
@@ -239,6 +254,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         for task in watchers:
             task.cancel()
         await http.aclose()
+        if components.inspection is not None:
+            await components.inspection.aclose()
         if components.models is not None:
             components.models.close()
         if components.audit is not None:
@@ -415,6 +432,12 @@ def _data_policy(c: Components) -> Callable[[], tuple[DataPolicy | None, str]]:
     return current
 
 
+def _manifest_stats(c: Components) -> dict[str, dict[str, list[float]]] | None:
+    """The primary package's training statistics for stage 5 (None: computed from the store)."""
+    loaded = c.models.primary(c.settings.model.name) if c.models is not None else None
+    return (loaded.feature_stats or None) if loaded is not None else None
+
+
 def _build_pipelines(c: Components) -> None:
     limits = c.settings.limits
     authn = AuthenticateStage(c.validator)
@@ -425,6 +448,9 @@ def _build_pipelines(c: Components) -> None:
         if c.policy is not None
         else ScopeAuthorizeStage()
     )
+    if c.inspection is not None:
+        # The per-client rate limit runs inside stage 2: before the body is parsed.
+        authz = c.inspection.authorize(authz)
     observe = c.metrics.observe_stage
     final = [AuditStage(c.audit, c.clock)] if c.audit is not None else []
 
@@ -440,19 +466,22 @@ def _build_pipelines(c: Components) -> None:
         c.pipelines["infer"] = pipeline(missing)
         return
     privacy = c.privacy
+    inspect = (c.inspection.stage(),) if c.inspection is not None else ()
     c.pipelines["rank"] = pipeline(
         RankDecodeStage(
             max_candidates=limits.max_candidates, max_context_chars=limits.max_context_chars
         ),
         *(privacy.rank_stages() if privacy is not None else ()),
+        *inspect,
         _rank_stage(c, c.features),
         RankRespondStage(_output_policy(c)),
     )
     c.pipelines["infer"] = pipeline(
         InferDecodeStage(c.ranker.inputs, c.ranker.outputs, max_rows=limits.max_candidates),
         *((privacy.redact_stage(),) if privacy is not None else ()),
+        *inspect,
         InferStage(c.ranker),
-        InferRespondStage(c.ranker.outputs),
+        InferRespondStage(c.ranker.outputs, _output_policy(c)),
     )
 
 

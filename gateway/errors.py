@@ -8,6 +8,7 @@ or request values that may be personal; `log_cause` is for the log only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -146,6 +147,48 @@ class Forbidden(GatewayError):
     status = 403
     slug = "forbidden"
     title = "Forbidden"
+
+
+class RequestRefused(GatewayError):
+    """The input inspector blocked the request. One type whatever fired: the client is
+    not told which detector it tripped (that would be an oracle for evading it)."""
+
+    status = 403
+    slug = "request-refused"
+    title = "Request refused"
+
+    def __init__(self, *, log_cause: str, inspection: Any = None) -> None:
+        super().__init__(None, log_cause=log_cause)
+        self.inspection = inspection  # the verdict, for the audit record only
+
+
+class TooManyRequests(GatewayError):
+    """Rate limit or detector throttle: the same type for both, with Retry-After."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, retry_after_s: float, *, log_cause: str, inspection: Any = None) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(
+            f"retry after {seconds} s", log_cause=log_cause, headers={"Retry-After": str(seconds)}
+        )
+        self.retry_after_s = seconds
+        self.inspection = inspection
+
+
+class QueryBudgetExhausted(TooManyRequests):
+    slug = "query-budget-exhausted"
+    title = "Query budget exhausted"
+
+
+class InspectionUnavailable(GatewayError):
+    """Shared rate-limit / detector state unreachable: refused, not waved through (fail closed)."""
+
+    status = 503
+    slug = "inspection-unavailable"
+    title = "The request could not be inspected"
 
 
 class RequestTimeout(GatewayError):

@@ -1,7 +1,7 @@
 """Stage 7: respond. Shapes the model's result into the API's response body.
 
-Output hardening (rank-only, rounded scores, top-k only) plugs in here from the
-policy bundle in a later issue; the spine returns float32-precision scores.
+Output hardening (rank-only, rounded scores, top-k only) comes from the policy
+bundle's output policy of the model, on /v1/rank and on OIP infer alike.
 """
 
 from __future__ import annotations
@@ -86,11 +86,34 @@ class RankRespondStage:
         return ctx.evolve(response=body)
 
 
+def harden_tensor(array: Any, shape: OutputShape) -> Any:
+    """OIP output hardening: rounded scores, or only each row's rank within the request
+    (1 = highest; with top_k, rows past max_k get 0). A client sending one row per
+    request then learns nothing from rank_only: extraction needs the scores."""
+    values = np.asarray(array)
+    if values.dtype.kind != "f" or shape.mode == "scores":
+        return values
+    if shape.mode == "rounded":
+        return np.round(values, shape.decimals).astype(values.dtype)
+    flat = values.reshape(-1).astype(np.float64)
+    order = np.argsort(-flat, kind="stable")
+    ranks = np.empty(flat.shape[0], dtype=np.float64)
+    ranks[order] = np.arange(1, flat.shape[0] + 1)
+    if shape.mode == "top_k" and shape.max_k is not None:
+        ranks[ranks > shape.max_k] = 0
+    return ranks.reshape(values.shape).astype(values.dtype)
+
+
 class InferRespondStage:
     name = "respond"
 
-    def __init__(self, outputs: tuple[TensorSpec, ...]) -> None:
+    def __init__(
+        self,
+        outputs: tuple[TensorSpec, ...],
+        output_for: Callable[[str], OutputShape] = _full_scores,
+    ) -> None:
         self._datatypes = {spec.name: spec.datatype for spec in outputs}
+        self._output_for = output_for
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
@@ -100,12 +123,13 @@ class InferRespondStage:
             or not ctx.model
         ):
             raise InternalError(log_cause="respond stage without an infer result")
+        shape = self._output_for(ctx.model.name)
         outputs: list[dict[str, Any]] = [
             {
                 "name": name,
                 "datatype": self._datatypes[name],
                 "shape": list(array.shape),
-                "data": array.reshape(-1).tolist(),
+                "data": harden_tensor(array, shape).reshape(-1).tolist(),
             }
             for name, array in result.outputs.items()
         ]

@@ -175,6 +175,17 @@ class PrivacySettings(_Frozen):
     consent_postgres_schema: str = Field(
         default="gateway_consent", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
     )
+class InspectionSettings(_Frozen):
+    """Stage 5 and rate limits. Thresholds and actions come from the policy bundle."""
+
+    enabled: bool = True
+    # Shared detector, rate-limit and budget state for several replicas (redis://...).
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="gw:", max_length=64)
+    max_clients: int = Field(default=10_000, ge=1)  # in-process detector state
+    # Answer the verdict in an X-Inspection-Verdict header: evaluation only (dev mode),
+    # since it tells an attacker exactly when the detector sees them.
+    expose_verdict: bool = False
 
 
 class Settings(BaseSettings):
@@ -202,6 +213,7 @@ class Settings(BaseSettings):
     packages: PackageSettings = PackageSettings()
     keyring: KeyringSettings = KeyringSettings()
     privacy: PrivacySettings = PrivacySettings()
+    inspection: InspectionSettings = InspectionSettings()
 
     @classmethod
     def settings_customise_sources(

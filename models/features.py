@@ -10,7 +10,7 @@ error (or a probe) the model cannot say anything sensible about.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,8 @@ class FeatureStore:
         self.item_feature_names = tuple(item_feature_names)
         self._user_features = np.ascontiguousarray(user_features, dtype=np.float32)
         self._item_features = np.ascontiguousarray(item_features, dtype=np.float32)
+        # Components holding their own copy of user rows (stage 5's reference table).
+        self._forget_hooks: list[Callable[[int], None]] = []
 
     @classmethod
     def load(cls, path: Path) -> FeatureStore:
@@ -117,7 +119,17 @@ class FeatureStore:
         if row is None:
             return False
         self._user_features[row] = self._user_features[0]
+        for hook in self._forget_hooks:
+            hook(row)
         return True
+
+    def on_forget(self, hook: Callable[[int], None]) -> None:
+        """Call `hook(row)` after a user's row is erased, so no copy of it outlives erasure."""
+        self._forget_hooks.append(hook)
+
+    def tables(self) -> dict[str, NDArray[np.float32]]:
+        """The live feature tables (erasure blanks rows in place); read them, never write."""
+        return {"user_features": self._user_features, "item_features": self._item_features}
 
     def user_row(self, user_id: str) -> NDArray[np.float32] | None:
         """The user's stored feature values (data-subject access), None if unknown."""

@@ -137,17 +137,60 @@ class RedactionPolicy(_Strict):
         return value
 
 
+# Detector thresholds (security.inspection), their defaults and allowed ranges.
+DETECTION_THRESHOLDS: dict[str, tuple[float, float, float]] = {
+    # fraction of a request's feature values outside the training bounds that is tolerated
+    "out_of_range": (0.0, 0.0, 1.0),
+    # two queries on the same ids are near-duplicates above this similarity (1 = identical)
+    "query_similarity": (0.9, 0.0, 1.0),
+    # near-duplicates of one query in the client's history that count as boundary probing
+    "near_duplicates": (8.0, 1.0, 1024.0),
+    # fraction of a client's recent rows off the data manifold that counts as extraction
+    "extraction_rate": (0.8, 0.0, 1.0),
+    # RMS distance (training standard deviations) from the store row that is "off manifold"
+    "off_manifold": (0.5, 0.0, 1000.0),
+    # rows seen before extraction_rate is judged
+    "min_rows": (32.0, 1.0, 100_000.0),
+}
+
+
 class DetectionPolicy(_Strict):
     """Thresholds of the input inspector and what it does when one is crossed."""
 
     thresholds: dict[str, float] = Field(default_factory=dict)
     action: DetectionAction = "flag"
     shadow: bool = False  # evaluate and record, never enforce
+    # Values may exceed the training [min, max] by this fraction of the span.
+    bounds_tolerance: float = Field(default=0.05, ge=0, le=100)
+    history: int = Field(default=128, ge=8, le=1024)  # fingerprints kept per client
+    window_seconds: int = Field(default=900, ge=1)  # history and strikes expire after this
+    cooldown_after: int = Field(default=3, ge=1)  # detections within the window
+    cooldown_seconds: int = Field(default=300, ge=0)
+    throttle_seconds: int = Field(default=10, ge=1)  # Retry-After of a throttled request
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, threshold in value.items():
+            if name not in DETECTION_THRESHOLDS:
+                raise ValueError(
+                    f"unknown threshold {name!r} (known: {sorted(DETECTION_THRESHOLDS)})"
+                )
+            _, low, high = DETECTION_THRESHOLDS[name]
+            if not low <= threshold <= high:
+                raise ValueError(f"threshold {name} must be within [{low}, {high}]")
+        return value
+
+    def threshold(self, name: str) -> float:
+        return self.thresholds.get(name, DETECTION_THRESHOLDS[name][0])
 
 
 class RateLimitPolicy(_Strict):
     per_client_rps: float = Field(default=50.0, gt=0)
     burst: int = Field(default=100, ge=1)
+    # /oauth/token, per source address, before the (deliberately slow) secret check.
+    token_endpoint_rps: float = Field(default=2.0, gt=0)
+    token_endpoint_burst: int = Field(default=20, ge=1)
 
 
 class QueryBudget(_Strict):

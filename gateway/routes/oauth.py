@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from audit.stage import append_plain
 from gateway.app import components_of
-from gateway.errors import NotFound, OAuthError
+from gateway.errors import NotFound, OAuthError, TooManyRequests
 from gateway.routes._json import json_response
 from security.issuer import EmbeddedIssuer
 
@@ -25,6 +25,18 @@ def _issuer(request: Request) -> EmbeddedIssuer:
 @router.post("/oauth/token", summary="OAuth2 token endpoint (client_credentials)")
 async def token(request: Request) -> Response:
     issuer = _issuer(request)
+    limiter = components_of(request).inspection
+    if limiter is not None:
+        try:
+            # Before the body is read or a secret hashed (scrypt is slow on purpose).
+            await limiter.limit_token_endpoint(request.client.host if request.client else "-")
+        except TooManyRequests as exc:
+            await _audit_token(request, None, exc.status, exc.slug)
+            return json_response(
+                {"error": "slow_down", "error_description": "too many token requests"},
+                status=exc.status,
+                headers={**exc.headers, "Cache-Control": "no-store"},
+            )
     try:
         client_id, body = await issuer.token_endpoint(await request.body(), request.headers)
     except OAuthError as exc:

@@ -131,7 +131,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         )
     ctx = components.context(request, "infer", await request.body())
     ctx = await components.pipeline("infer").run(ctx)
-    return json_response(ctx.response)
+    inspection = components.inspection
+    headers = inspection.verdict_headers(ctx.inspection) if inspection else None
+    return json_response(ctx.response, headers=headers)
 
 
 @router.post("/models/{name}/infer", summary="OIP inference (scope: infer)")

@@ -23,4 +23,8 @@ async def rank(request: Request) -> Response:
     if ctx.redaction is not None:
         body = {**body, "redacted": dict(ctx.redaction.counts)}
     personalized = bool(body.get("personalized"))
-    return json_response(body, headers={"Personalization": "on" if personalized else "off"})
+    headers = {"Personalization": "on" if personalized else "off"}
+    inspection = components.inspection
+    if inspection is not None:
+        headers.update(inspection.verdict_headers(ctx.inspection))
+    return json_response(body, headers=headers)

@@ -84,7 +84,8 @@ def test_infer_echoes_id_and_matches_onnxruntime(
     assert out["shape"] == [4]
     session = session_from_bytes(demo_model_bytes())
     (expected,) = session.run(["score"], feeds)
-    np.testing.assert_allclose(out["data"], expected.reshape(-1), rtol=1e-6)
+    # The default bundle hardens the output: scores rounded to 3 decimals (OIP too).
+    np.testing.assert_allclose(out["data"], np.round(expected.reshape(-1), 3), rtol=1e-6)
 
 
 def test_infer_without_id_and_versioned_path(

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.datadir import InitReport, init_data_dir
 from gateway.settings import Settings, load_settings
-from models.features import FeatureStore
+from models.features import FeatureStore, load_arrays
 from privacy.components import open_privacy
 from security.issuer import EmbeddedIssuer, load_signing_key
 
@@ -157,6 +157,11 @@ def test_export_then_erasure_end_to_end(
 ) -> None:
     user = "u31"
     store_path = own_settings.resolve(own_settings.model.features_path)
+    user_index = [str(u) for u in load_arrays(store_path)["user_ids"].tolist()].index(user)
+    fingerprints = api.app.state.components.inspection.detector.fingerprinter
+    reference_before = fingerprints.reference_row("user_id", user_index)
+    assert reference_before is not None
+    assert not np.array_equal(reference_before, fingerprints.reference_row("user_id", 0))
     row = FeatureStore.load(store_path).user_row(user)
     assert row is not None
     row_bytes = np.ascontiguousarray(row, dtype=np.float32).tobytes()
@@ -204,6 +209,9 @@ def test_export_then_erasure_end_to_end(
     for path in own_settings.data_dir.rglob("*"):
         if path.is_file():
             assert row_bytes not in path.read_bytes(), path
+    # Nor does the running gateway: stage 5's reference copy of the row is blanked too.
+    reference_after = fingerprints.reference_row("user_id", user_index)
+    assert np.array_equal(reference_after, fingerprints.reference_row("user_id", 0))
     # The consent is gone; ranking treats the user as unknown, even with consent again.
     consent = api.get(f"/v1/subjects/{user}/consent", headers=token("consent:read")).json()
     assert consent["consent"] == {}

@@ -1,0 +1,188 @@
+"""Builds stage 5 and the rate limiters from the settings, in process or on Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigurationError, InspectionUnavailable, TooManyRequests
+from gateway.pipeline import Stage
+from gateway.settings import Settings
+from models.features import load_arrays
+from policies.data_policy import DataPolicy
+from security.inspection.bounds import Bounds
+from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
+from security.inspection.detector import Detector
+from security.inspection.fingerprint import Fingerprinter
+from security.inspection.metrics import InspectionMetrics
+from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from security.inspection.stage import InspectStage, RateLimitedAuthorize
+from security.inspection.state import DetectorState, MemoryState, RedisState, StateUnavailableError
+from security.inspection.stats import FeatureStats, check_stats, feature_stats_from_tables
+
+log = logging.getLogger("gateway.inspection")
+
+ID_INPUTS = ("user_id", "item_id")
+FEATURE_INPUTS = ("user_features", "item_features")
+# Which id input indexes the reference table of each feature input (the feature store).
+TABLE_OF = {
+    "user_features": ("user_id", "user_features"),
+    "item_features": ("item_id", "item_features"),
+}
+
+PolicySource = Callable[[], DataPolicy]
+Clock = Callable[[], float]
+
+
+@dataclass
+class Inspection:
+    limiter: RateLimiter
+    budgets: Budgets
+    state: DetectorState
+    detector: Detector | None
+    metrics: InspectionMetrics
+    policy: PolicySource
+    clock: Clock
+    expose_verdict: bool
+    redis: Any = None
+
+    def authorize(self, inner: Stage) -> Stage:
+        return RateLimitedAuthorize(inner, self.limiter, self.policy, self.metrics, self.clock)
+
+    def stage(self) -> InspectStage:
+        return InspectStage(self.detector, self.budgets, self.policy, self.metrics, self.clock)
+
+    async def limit_token_endpoint(self, source: str) -> None:
+        """/oauth/token per source address, before the body is read or a secret hashed."""
+        rates = self.policy().rate_limits
+        try:
+            take = await self.limiter.take(
+                "t:" + source,
+                rate=rates.token_endpoint_rps,
+                burst=rates.token_endpoint_burst,
+                now=self.clock(),
+            )
+        except StateUnavailableError as exc:
+            raise InspectionUnavailable(log_cause=str(exc)) from exc
+        if not take.allowed:
+            self.metrics.refusals.labels("token").inc()
+            raise TooManyRequests(take.retry_after_s, log_cause="token endpoint rate limit")
+
+    def forget_user_row(self, row: int) -> None:
+        """Erasure of a user's feature row (FeatureStore.on_forget)."""
+        if self.detector is not None:
+            self.detector.fingerprinter.forget("user_id", row)
+
+    def verdict_headers(self, inspection: Any) -> dict[str, str]:
+        if not self.expose_verdict:
+            return {}
+        verdict = getattr(inspection, "verdict", "allow")
+        return {"X-Inspection-Verdict": str(verdict)}
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _secret(settings: Settings) -> bytes:
+    return hashlib.sha256(b"inspection|" + settings.secret_key.get_secret_value().encode()).digest()
+
+
+def build_detector(
+    settings: Settings,
+    state: DetectorState,
+    *,
+    feature_stats: Mapping[str, Any] | None = None,
+    features_path: Path | None = None,
+    live_tables: Mapping[str, Any] | None = None,
+) -> Detector:
+    """From the manifest's feature_stats when given; else computed from the feature store.
+
+    `live_tables`: the serving FeatureStore's tables, so stage 5 never holds rows that
+    erasure has already blanked (read from `features_path` when not given).
+    """
+    if live_tables is not None:
+        arrays = dict(live_tables)
+    else:
+        arrays = load_arrays(features_path or settings.resolve(settings.model.features_path))
+    tables = {name: (id_name, arrays[table]) for name, (id_name, table) in TABLE_OF.items()}
+    if feature_stats is not None:
+        stats: FeatureStats = check_stats(feature_stats)
+    else:
+        stats = feature_stats_from_tables(arrays["user_features"], arrays["item_features"])
+    fingerprinter = Fingerprinter(
+        stats,
+        secret=_secret(settings),
+        feature_inputs=FEATURE_INPUTS,
+        id_inputs=ID_INPUTS,
+        tables=tables,
+    )
+    bounds = Bounds(stats, id_inputs=ID_INPUTS, feature_inputs=FEATURE_INPUTS)
+    return Detector(fingerprinter, bounds, state)
+
+
+def build_inspection(
+    settings: Settings,
+    policy: PolicySource,
+    registry: Any,
+    clock: Clock,
+    *,
+    model_loaded: bool,
+    feature_stats: Mapping[str, Any] | None = None,
+    live_tables: Mapping[str, Any] | None = None,
+) -> Inspection:
+    cfg = settings.inspection
+    if cfg.expose_verdict and not settings.dev_mode:
+        raise ConfigurationError("inspection.expose_verdict is accepted only in dev mode")
+    redis: Any = None
+    limiter: RateLimiter
+    budgets: Budgets
+    state: DetectorState
+    if cfg.redis_url is not None:
+        import redis.asyncio as redis_asyncio
+
+        redis = redis_asyncio.Redis.from_url(
+            cfg.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        limiter = RedisRateLimiter(redis, prefix=cfg.redis_prefix)
+        budgets = RedisBudgets(redis, prefix=cfg.redis_prefix)
+        state = RedisState(redis, prefix=cfg.redis_prefix)
+    else:
+        limiter = MemoryRateLimiter()
+        budgets = MemoryBudgets()
+        state = MemoryState(max_clients=cfg.max_clients)
+    detector = None
+    if cfg.enabled and model_loaded:
+        try:
+            detector = build_detector(
+                settings, state, feature_stats=feature_stats, live_tables=live_tables
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"input inspection cannot start: {exc}") from exc
+    elif not cfg.enabled:
+        log.warning("INPUT INSPECTION OFF: only rate limits and query budgets apply")
+    return Inspection(
+        limiter=limiter,
+        budgets=budgets,
+        state=state,
+        detector=detector,
+        metrics=InspectionMetrics(registry),
+        policy=policy,
+        clock=clock,
+        expose_verdict=cfg.expose_verdict,
+        redis=redis,
+    )
+
+
+def policy_source(manager: Any) -> PolicySource:
+    """The bundle in force at each call; without a policy engine (dev), the defaults."""
+    if manager is not None:
+        return lambda: manager.active.data
+    from policies.data_policy import JurisdictionPolicy, Jurisdictions
+
+    defaults = DataPolicy(models={}, jurisdictions=Jurisdictions(default=JurisdictionPolicy()))
+    return lambda: defaults

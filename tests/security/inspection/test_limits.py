@@ -1,0 +1,59 @@
+"""Token buckets and query budgets, in process and in Redis, against the same expectations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as redis_asyncio
+
+from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
+from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+
+T0 = 1_800_000_000.0
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RateLimiter, Budgets]]:
+    if request.param == "memory":
+        yield MemoryRateLimiter(max_keys=100), MemoryBudgets(max_keys=100)
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    client: Any = redis_asyncio.Redis.from_url(url)
+    try:
+        yield RedisRateLimiter(client, prefix=prefix), RedisBudgets(client, prefix=prefix)
+    finally:
+        await client.aclose()
+
+
+async def test_token_bucket_burst_refill_and_retry_after(
+    backend: tuple[RateLimiter, Budgets],
+) -> None:
+    limiter, _ = backend
+    takes = [await limiter.take("a", rate=2.0, burst=3, now=T0) for _ in range(4)]
+    assert [t.allowed for t in takes] == [True, True, True, False]
+    assert takes[3].retry_after_s == pytest.approx(0.5)
+    assert (await limiter.take("b", rate=2.0, burst=3, now=T0)).allowed  # per key
+    assert not (await limiter.take("a", rate=2.0, burst=3, now=T0 + 0.25)).allowed
+    assert (await limiter.take("a", rate=2.0, burst=3, now=T0 + 0.5)).allowed
+    # Refill never exceeds the burst.
+    later = [await limiter.take("a", rate=2.0, burst=3, now=T0 + 100) for _ in range(4)]
+    assert [t.allowed for t in later] == [True, True, True, False]
+
+
+async def test_budget_counts_rows_per_window(backend: tuple[RateLimiter, Budgets]) -> None:
+    _, budgets = backend
+    first = await budgets.spend("a", 7, limit=10, window_s=60, now=T0 + 15)
+    assert first.allowed
+    assert first.used == 7
+    refused = await budgets.spend("a", 4, limit=10, window_s=60, now=T0 + 16)
+    assert not refused.allowed
+    assert refused.retry_after_s == pytest.approx(60 - ((T0 + 16) % 60))
+    assert (await budgets.spend("a", 3, limit=10, window_s=60, now=T0 + 17)).allowed
+    assert (await budgets.spend("b", 10, limit=10, window_s=60, now=T0 + 17)).allowed
+    next_window = T0 - (T0 % 60) + 60
+    assert (await budgets.spend("a", 10, limit=10, window_s=60, now=next_window)).allowed
