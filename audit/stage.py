@@ -99,6 +99,8 @@ def _summary(stage_result: Any) -> dict[str, Any] | None:
         return None
     view: dict[str, Any] = stage_result.as_audit()
     return view
+
+
 def _inspection(ctx: RequestContext, error: GatewayError | None) -> dict[str, Any] | None:
     """Stage 5's verdict: from the context, or from the refusal when stage 5 refused."""
     if ctx.inspection is not None:

@@ -160,6 +160,8 @@ class KeyringSettings(_Frozen):
 
     directory: str = "keys"
     provider: Literal["local"] = "local"
+
+
 class PrivacySettings(_Frozen):
     """PII redaction engine and consent store (privacy/); the rules are in the policy bundle."""
 
@@ -175,6 +177,8 @@ class PrivacySettings(_Frozen):
     consent_postgres_schema: str = Field(
         default="gateway_consent", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
     )
+
+
 class InspectionSettings(_Frozen):
     """Stage 5 and rate limits. Thresholds and actions come from the policy bundle."""
 
@@ -249,6 +253,8 @@ class Settings(BaseSettings):
             raise ConfigurationError("audit.enabled = false is accepted only in dev mode")
         if self.policy.engine != "cedar":
             raise ConfigurationError("policy.engine = scopes is accepted only in dev mode")
+        if not self.inspection.enabled:
+            raise ConfigurationError("inspection.enabled = false is accepted only in dev mode")
         if self.packages.unsafe_allow_plaintext_model:
             raise ConfigurationError(
                 "packages.unsafe_allow_plaintext_model is accepted only in dev mode"

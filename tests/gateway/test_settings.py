@@ -25,6 +25,24 @@ def test_placeholder_secret_refused_outside_dev_mode() -> None:
         load_settings(secret_key="short-but-not-a-placeholder").check_secrets()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"audit": {"enabled": False}}, "audit.enabled"),
+        ({"policy": {"engine": "scopes"}}, "policy.engine"),
+        ({"inspection": {"enabled": False}}, "inspection.enabled"),
+        ({"packages": {"unsafe_allow_plaintext_model": True}}, "unsafe_allow_plaintext_model"),
+    ],
+)
+def test_security_stages_switch_off_only_in_dev_mode(
+    overrides: dict[str, dict[str, object]], message: str
+) -> None:
+    secret = "k" * 40
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(secret_key=secret, **overrides).check_secrets()
+    load_settings(secret_key=secret, dev_mode=True, **overrides).check_secrets()
+
+
 def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "gw.toml"
     config.write_text(
