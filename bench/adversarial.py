@@ -42,14 +42,20 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.servers import free_port, gateway_command, gateway_env, running
+from bench.servers import (
+    BUDGET_EDIT,
+    RATE_LIMIT_EDIT,
+    edit_bundle,
+    free_port,
+    gateway_command,
+    gateway_env,
+    running,
+)
 from gateway.datadir import init_data_dir
 from gateway.settings import ClientConfig, load_settings
 from models import demo
 from models.features import load_arrays
 from models.ort import session_from_bytes
-from policies.bundle import rehash
-from policies.signing import sign_bundle
 from security.issuer import EmbeddedIssuer, load_signing_key
 
 with warnings.catch_warnings():
@@ -60,14 +66,8 @@ with warnings.catch_warnings():
 
 N_FEATURES = 40
 DIM = 2 + N_FEATURES  # ids, then features
-PERMISSIVE = (
-    "rate_limits: {per_client_rps: 50, burst: 100}",
-    "rate_limits: {per_client_rps: 100000, burst: 1000000}",
-)
-BUDGET = (
-    "default: {window_seconds: 3600, max_queries: 10000}",
-    "default: {window_seconds: 3600, max_queries: 1000000000}",
-)
+PERMISSIVE = RATE_LIMIT_EDIT
+BUDGET = BUDGET_EDIT
 
 
 class RefusedError(Exception):
@@ -615,32 +615,21 @@ def detector_latency(data_dir: Path, space: Space) -> dict[str, tuple[float, flo
     return out
 
 
-def _bundle(data_dir: Path, name: str, key: str, edits: list[tuple[str, str]]) -> Path:
+def _bundle(data_dir: Path, name: str, edits: list[tuple[str, str]]) -> Path:
     target = data_dir / f"policy-{name}"
     shutil.copytree(data_dir / "policy", target)
-    data = target / "data.yaml"
-    text = data.read_text()
-    for old, new in edits:
-        if old not in text:
-            raise SystemExit(f"bundle edit does not apply: {old}")
-        text = text.replace(old, new, 1)
-    data.write_text(text)
-    (target / "bundle.sig").unlink()
-    rehash(target)
-    sign_bundle(target, key)
+    edit_bundle(target, data_dir / "keys" / "policy-signing.key", edits)
     return target
 
 
 def configure(data_dir: Path) -> dict[str, Path]:
-    key = (data_dir / "keys" / "policy-signing.key").read_text().strip()
     base = [PERMISSIVE, BUDGET, ("output: {mode: rounded, decimals: 3}", "output: {mode: scores}")]
     return {
-        "flag": _bundle(data_dir, "flag", key, base),
-        "block": _bundle(data_dir, "block", key, [*base, ("  action: flag", "  action: block")]),
+        "flag": _bundle(data_dir, "flag", base),
+        "block": _bundle(data_dir, "block", [*base, ("  action: flag", "  action: block")]),
         "rank_only": _bundle(
             data_dir,
             "rank-only",
-            key,
             [
                 PERMISSIVE,
                 BUDGET,
@@ -650,7 +639,6 @@ def configure(data_dir: Path) -> dict[str, Path]:
         "top1": _bundle(
             data_dir,
             "top1",
-            key,
             [
                 PERMISSIVE,
                 BUDGET,
@@ -660,7 +648,6 @@ def configure(data_dir: Path) -> dict[str, Path]:
         "rounded1": _bundle(
             data_dir,
             "rounded1",
-            key,
             [
                 PERMISSIVE,
                 BUDGET,

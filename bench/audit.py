@@ -33,7 +33,15 @@ from audit.sqlite_store import SqliteAuditStore
 from audit.store import AuditStore, PendingRecord, StoreError
 from audit.subjects import SubjectKeys
 from audit.verify import verify_store
-from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
+from bench.servers import (
+    fetch_token,
+    free_port,
+    gateway_command,
+    gateway_env,
+    lift_client_limits,
+    load,
+    running,
+)
 from gateway.datadir import init_data_dir
 from gateway.settings import AuditSettings
 
@@ -108,6 +116,7 @@ def rank_with_and_without_audit(
     work: Path, seconds: float
 ) -> list[tuple[int, dict[str, float], dict[str, float], float]]:
     report = init_data_dir(work / "rank-data")
+    lift_client_limits(report.data_dir)
     body_file = work / "body.json"
     items = [f"i{n}" for n in range(1, 101)]
     body_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))

@@ -29,7 +29,15 @@ from pathlib import Path
 
 from faker import Faker
 
-from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
+from bench.servers import (
+    fetch_token,
+    free_port,
+    gateway_command,
+    gateway_env,
+    lift_client_limits,
+    load,
+    running,
+)
 from gateway.datadir import init_data_dir
 from privacy.components import shared_analyzer
 from privacy.redaction import RedactionRules, Redactor
@@ -238,6 +246,7 @@ def latency(
 def throughput(duration: float, rounds: int, conc: int) -> list[tuple[str, dict[str, float]]]:
     work = Path(tempfile.mkdtemp(prefix="bench-pii-"))
     report = init_data_dir(work / "data")
+    lift_client_limits(report.data_dir)
     items = [f"i{n}" for n in range(1, 101)]
     query = (
         "space adventure like the one maria.keller@example.org liked, my phone 212-555-0199, "

@@ -20,7 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
+from bench.servers import (
+    fetch_token,
+    free_port,
+    gateway_command,
+    gateway_env,
+    lift_client_limits,
+    load,
+    running,
+)
 from gateway.datadir import init_data_dir
 from policies.bundle import load_bundle
 from policies.cedar_engine import AuthzRequest
@@ -62,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-policy-"))
     report = init_data_dir(work / "data")
+    lift_client_limits(report.data_dir)
     latency = decide_latency(report.data_dir / "policy")
 
     body = work / "body.json"

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.servers import fetch_token, free_port, gateway_command, gateway_env, load, running
+from bench.servers import (
+    fetch_token,
+    free_port,
+    gateway_command,
+    gateway_env,
+    lift_client_limits,
+    load,
+    running,
+)
 from gateway.datadir import init_data_dir
 from gateway.settings import load_settings
 from models.demo import model_bytes
@@ -63,6 +71,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     report = init_data_dir(work / "data")
+    lift_client_limits(report.data_dir)
     settings = load_settings(data_dir=report.data_dir, config_file=report.config)
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     rng = np.random.default_rng(0)

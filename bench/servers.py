@@ -74,6 +74,42 @@ def load(port: int, path: str, body_file: Path, token: str, conc: int, duration:
     return result
 
 
+# The default bundle allows each client 50 requests/s and 10,000 rows an hour (issue 7's
+# rate limit and query budget). A throughput benchmark drives one client far past both,
+# so its data dir's bundle lifts those two limits; everything else stays as shipped.
+RATE_LIMIT_EDIT = (
+    "rate_limits: {per_client_rps: 50, burst: 100}",
+    "rate_limits: {per_client_rps: 100000, burst: 1000000}",
+)
+BUDGET_EDIT = (
+    "default: {window_seconds: 3600, max_queries: 10000}",
+    "default: {window_seconds: 3600, max_queries: 1000000000}",
+)
+
+
+def edit_bundle(bundle: Path, signing_key_file: Path, edits: Sequence[tuple[str, str]]) -> None:
+    """Rewrite a bundle's data.yaml in place, then rehash and re-sign it."""
+    from policies.bundle import rehash
+    from policies.signing import sign_bundle
+
+    data = bundle / "data.yaml"
+    text = data.read_text()
+    for old, new in edits:
+        if old not in text:
+            raise SystemExit(f"bundle edit does not apply: {old}")
+        text = text.replace(old, new, 1)
+    data.write_text(text)
+    (bundle / "bundle.sig").unlink(missing_ok=True)
+    rehash(bundle)
+    sign_bundle(bundle, signing_key_file.read_text().strip())
+
+
+def lift_client_limits(data_dir: Path) -> None:
+    """For load tests only: no per-client rate limit or query budget in the way."""
+    key_file = data_dir / "keys" / "policy-signing.key"
+    edit_bundle(data_dir / "policy", key_file, [RATE_LIMIT_EDIT, BUDGET_EDIT])
+
+
 def gateway_env(**overrides: str) -> dict[str, str]:
     """The environment for a benchmarked gateway: none of the caller's GATEWAY_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
