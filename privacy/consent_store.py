@@ -205,16 +205,27 @@ BEGIN SELECT RAISE(ABORT, 'erasure markers are permanent'); END;
 
 class SqliteConsentStore(ConsentStore):
     """Two connections: writes serialise (and fsync) on one; reads use the other, which in
-    WAL mode never waits for a writer, so `current` is safe to call on the event loop."""
+    WAL mode never waits for a writer, so `current` is safe to call on the event loop.
+
+    `current` answers from a bounded in-process cache that every write clears. It is
+    exact because one gateway process owns a SQLite data directory (as it owns the feature
+    store file); replicas share a PostgreSQL store, which is never cached. The cache
+    matters under load: each SQLite read releases the GIL, and winning it back from the
+    inference threads cost ~0.3 ms a request on the event loop (bench/serve, c8).
+    """
 
     kind = "sqlite"
     inline_reads = True
+    CACHE_SIZE = 65_536
 
     def __init__(self, path: Path, secret: bytes) -> None:
         super().__init__(secret)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._cache: dict[bytes, dict[str, ConsentEntry]] = {}
+        # Bumped by every write: a read that raced a write never fills the cache.
+        self._generation = 0
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -233,7 +244,30 @@ class SqliteConsentStore(ConsentStore):
             except sqlite3.Error as exc:
                 raise ConsentStoreError(str(exc)) from exc
 
+    def current(self, tenant: str | None, subject_id: str) -> dict[str, ConsentEntry]:
+        handle = self.handle(tenant, subject_id)
+        cached = self._cache.get(handle)
+        if cached is not None:
+            return dict(cached)
+        generation = self._generation
+        found = {e.purpose: e for e in self._rows(handle, True)}
+        with self._read_lock:
+            if generation == self._generation:
+                if len(self._cache) >= self.CACHE_SIZE:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[handle] = found
+        return dict(found)
+
     def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        try:
+            self._write_through(statements)
+        finally:
+            # Cleared whether or not the transaction committed: never serve a stale answer.
+            with self._read_lock:
+                self._generation += 1
+                self._cache.clear()
+
+    def _write_through(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")

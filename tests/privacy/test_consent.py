@@ -88,6 +88,21 @@ def test_current_is_the_latest_entry_per_purpose(store: ConsentStore) -> None:
     assert store.current("other", "alice") == {}
 
 
+def test_current_follows_every_change(store: ConsentStore) -> None:
+    # Read before and after each write: the SQLite store answers reads from a cache that
+    # every write must clear (a stale "granted" after a withdrawal would be a violation).
+    assert store.current("t", "fay") == {}
+    store.record("t", "fay", [entry(granted=True)])
+    assert store.current("t", "fay")["personalization"].granted is True
+    assert store.current("t", "fay")["personalization"].granted is True
+    store.record("t", "fay", [entry(granted=False, ts_ms=2)])
+    assert store.current("t", "fay")["personalization"].granted is False
+    store.erase("t", "fay", 3)
+    assert store.current("t", "fay") == {}
+    store.current("t", "fay")["personalization"] = entry()  # a caller's copy, not the store's
+    assert store.current("t", "fay") == {}
+
+
 def test_no_subject_id_is_stored(store: ConsentStore, tmp_path: Path) -> None:
     store.record(None, "bob-the-subject", [entry()])
     if isinstance(store, SqliteConsentStore):
