@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.errors import GatewayError, InternalError, ModelNotReady
+from gateway.metrics import CachedLabels
 from gateway.pipeline import RankQuery, RankResult, RequestContext, Stage
 from models.registry import LoadedModel, ModelRegistry
 
@@ -128,6 +129,7 @@ class VariantRankStage:
         self._variants_for = variants_for
         self._salt = salt
         self._metrics = metrics
+        self._served = CachedLabels(metrics.served)
         self._stages: dict[int, tuple[LoadedModel, Stage]] = {}
 
     def _stage(self, loaded: LoadedModel) -> Stage:
@@ -170,7 +172,7 @@ class VariantRankStage:
             out, shadow = await run_primary, None
         if out.model is not None and label is not None:
             out = out.evolve(model=replace(out.model, variant=label))
-        self._metrics.served.labels(self._model, chosen.version, label or "-").inc()
+        self._served(self._model, chosen.version, label or "-").inc()
         if shadow is not None and isinstance(out.result, RankResult):
             diff = np.max(np.abs(np.asarray(out.result.scores) - np.asarray(shadow.scores)))
             self._metrics.shadow_diff.labels(self._model, shadow_version).observe(float(diff))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from gateway.metrics import CachedLabels
+
 _SECONDS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 
@@ -37,3 +39,6 @@ class InspectionMetrics:
             ["kind"],
             registry=registry,
         )
+        self.verdict = CachedLabels(self.verdicts)
+        self.signal = CachedLabels(self.signals)
+        self.refusal = CachedLabels(self.refusals)

@@ -106,7 +106,7 @@ class RateLimitedAuthorize:
         except StateUnavailableError as exc:
             raise InspectionUnavailable(log_cause=str(exc)) from exc
         if not take.allowed:
-            self._metrics.refusals.labels("rate").inc()
+            self._metrics.refusal("rate").inc()
             raise TooManyRequests(take.retry_after_s, log_cause="client rate limit")
         return await self._inner(ctx)
 
@@ -149,7 +149,7 @@ class InspectStage:
                 key, rows, limit=budget.max_queries, window_s=budget.window_seconds, now=now
             )
             if not spent.allowed:
-                self._metrics.refusals.labels("budget").inc()
+                self._metrics.refusal("budget").inc()
                 raise QueryBudgetExhausted(spent.retry_after_s, log_cause="query budget")
         if self._detector is None:
             return ctx
@@ -176,9 +176,9 @@ class InspectStage:
             observation=observation,
             detector_us=int(elapsed * 1_000_000),
         )
-        self._metrics.verdicts.labels(action, "true" if enforced else "false").inc()
+        self._metrics.verdict(action, "true" if enforced else "false").inc()
         for signal in observation.signals:
-            self._metrics.signals.labels(signal).inc()
+            self._metrics.signal(signal).inc()
         if fired:
             log.warning(
                 "request %s client %s: %s %s%s",

@@ -69,7 +69,7 @@ class Inspection:
         except StateUnavailableError as exc:
             raise InspectionUnavailable(log_cause=str(exc)) from exc
         if not take.allowed:
-            self.metrics.refusals.labels("token").inc()
+            self.metrics.refusal("token").inc()
             raise TooManyRequests(take.retry_after_s, log_cause="token endpoint rate limit")
 
     def forget_user_row(self, row: int) -> None:
