@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,23 @@ def test_hot_swap_loads_a_new_version_and_refusals_keep_the_last_good(box: Box) 
         assert missing.status_code == 422
         assert rank(client, box)["model"] == after  # still the last good model
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_hot_swap_keeps_every_clients_stage_5_state(box: Box) -> None:
+    # The swap rebuilds the pipelines; stage 5 (budgets, detector history, rate limits)
+    # must survive it, or a swap would hand every client a fresh query budget.
+    box.pack("2")
+    with TestClient(create_app(box.settings())) as client:
+        inspection = client.app.state.components.inspection
+        rank(client, box)
+        assert client.post(LOAD.format("2"), headers=box.headers()).status_code == 200
+        rank(client, box)
+        assert client.app.state.components.inspection is inspection
+        spent = asyncio.run(
+            inspection.budgets.spend("-/demo", 0, limit=10**9, window_s=3600, now=time.time())
+        )
+        assert spent.used == 2 * len(RANK["item_ids"])
+        assert client.get("/metrics").status_code == 200
 
 
 def test_requests_during_a_swap_all_succeed_on_one_version_or_the_other(box: Box) -> None:
