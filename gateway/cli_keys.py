@@ -59,11 +59,12 @@ def _package_dirs(root: Path) -> list[Path]:
 
 
 def _write_replace(path: Path, data: bytes) -> None:
-    from gateway.files import write_private
+    from gateway.files import sync_directory, write_private
 
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     write_private(tmp, data)
     os.replace(tmp, path)
+    sync_directory(path.parent)
 
 
 def rewrap_models(root: Path, keyring: KeyProvider) -> tuple[int, list[str]]:
@@ -102,13 +103,30 @@ def key_references(settings: Settings) -> Counter[str]:
             refs[str(json.loads((directory / WRAPPED_DEK).read_text())["kek_id"])] += 1
         except (OSError, ValueError, KeyError, TypeError):
             refs["<unreadable>"] += 1
-    if settings.audit.enabled:
-        store = open_store(settings)
+    if _audit_store_present(settings):
+        from audit.store import StoreError
+
         try:
-            refs.update(store.subject_key_ids())
-        finally:
-            store.close()
+            store = open_store(settings)
+            try:
+                refs.update(store.subject_key_ids())
+            finally:
+                store.close()
+        except StoreError as exc:
+            # Unknown references: nothing may be deleted.
+            raise ConfigurationError(f"cannot count audit subject keys: {exc}") from exc
     return refs
+
+
+def _audit_store_present(settings: Settings) -> bool:
+    """Subject keys exist wherever an audit store does, even with audit switched off now:
+    a KEK they still need must never look unreferenced."""
+    audit = settings.audit
+    return (
+        audit.enabled
+        or audit.postgres_dsn is not None
+        or settings.resolve(audit.sqlite_path).exists()
+    )
 
 
 def rewrap_subjects(settings: Settings, keyring: KeyProvider) -> int:
@@ -158,7 +176,7 @@ def rotate(settings: Settings, *, delete_retired: bool = False) -> RotationRepor
     report.models, report.failures = rewrap_models(
         settings.resolve(settings.packages.directory), keyring
     )
-    if settings.audit.enabled:
+    if _audit_store_present(settings):
         try:
             report.subjects = rewrap_subjects(settings, keyring)
         except (StoreError, SubjectKeyError, ConfigurationError) as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from models.package_format import (
 from models.signing import TrustedSigner, verify_signature
 from security import keyring as kr
 
+NUMERIC_VERSION = re.compile(r"\d{1,9}(\.\d{1,9}){0,7}")
 # A demo-sized model is ~1 MB; a package far above this is a mistake or an attack.
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
@@ -133,7 +135,17 @@ def check_policy(name: str, version: str, policy: PolicyView | None) -> None:
     if name not in policy.allowed_names:
         raise PolicyRefusedError(f"model {name!r} is not in the policy bundle's models")
     minimum = policy.min_version(name)
-    if minimum is not None and version_key(version) < version_key(minimum):
+    if minimum is None:
+        return
+    for checked in (version, minimum):
+        # Only dotted numbers have an order an attacker cannot game ("v9" vs "v10",
+        # "dev" vs "100"): anything else is refused while a floor is set.
+        if not NUMERIC_VERSION.fullmatch(checked):
+            raise PolicyRefusedError(
+                f"model {name!r}: version {checked!r} is not dotted numbers, so it cannot "
+                "be checked against the policy's min_version"
+            )
+    if version_key(version) < version_key(minimum):
         raise PolicyRefusedError(
             f"model {name!r} version {version!r} is below the policy's min_version {minimum!r}"
         )

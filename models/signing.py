@@ -124,8 +124,11 @@ def verify_signature(
         material.setdefault("tlogEntries", [])
         hint = material["publicKey"]["hint"]
         bundle = bundle_pb.Bundle.from_dict(parsed)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SignatureError(f"{SIGNATURE} is not a model-signing bundle: {exc}") from None
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        # The file is attacker-controlled: any shape error is a refused signature.
+        raise SignatureError(
+            f"{SIGNATURE} is not a model-signing bundle: {type(exc).__name__}"
+        ) from None
     signer = next((s for s in trusted if s.hint == hint), None)
     if signer is None:
         raise UntrustedSignerError(f"{SIGNATURE} is signed by a key the gateway does not trust")
@@ -137,7 +140,7 @@ def verify_signature(
 
     try:
         signed = _Verifier(signer.public_key).verify(sign_sigstore_pb.Signature(bundle))
-    except (ValueError, KeyError, TypeError, InvalidSignature) as exc:
+    except (ValueError, LookupError, TypeError, AttributeError, InvalidSignature) as exc:
         raise SignatureError(f"{SIGNATURE} does not verify: {type(exc).__name__}") from None
     digests = {rd.identifier: rd.digest for rd in signed.resource_descriptors()}
     if set(digests) != SIGNED_FILES:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.files import write_private
+from gateway.files import sync_directory, write_private
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -127,7 +127,7 @@ class LocalKeyring:
         self._aead: dict[str, AESGCM] = {}
         # Key files adopted from before the keyring; shredded with their key.
         self._legacy: dict[str, Path] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._load()
 
     # -- state ---------------------------------------------------------------------------
@@ -145,12 +145,14 @@ class LocalKeyring:
             raise UnknownKeyError("malformed key id")
         return self._dir / KEK_DIR / f"{kek_id}.key"
 
-    def _state_stamp(self) -> tuple[int, int] | None:
+    def _state_stamp(self) -> tuple[int, int, int] | None:
         try:
             st = self.state_file.stat()
         except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        # The inode too: the state file is replaced, never edited, and two quick writes
+        # can share an mtime tick and a size.
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def refresh(self) -> None:
         """Re-read the state file if another process (`keys rotate`) changed it."""
@@ -185,6 +187,7 @@ class LocalKeyring:
         tmp = self.state_file.with_name(f".{STATE_FILE}.{secrets.token_hex(4)}")
         write_private(tmp, text.encode())
         os.replace(tmp, self.state_file)
+        sync_directory(self.state_file.parent)
         self._stamp = self._state_stamp()
 
     def entries(self) -> list[KekInfo]:
@@ -277,6 +280,8 @@ class LocalKeyring:
             material = self._key_file(kek_id).read_bytes()
         except FileNotFoundError:
             raise UnknownKeyError(f"key file of {kek_id!r} is missing") from None
+        except OSError as exc:
+            raise KeyringError(f"key file of {kek_id!r} cannot be read: {exc.strerror}") from None
         if len(material) != 32:
             raise KeyringError(f"key file of {kek_id!r} must be 32 bytes")
         cipher = AESGCM(material)

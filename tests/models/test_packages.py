@@ -160,6 +160,27 @@ def test_garbage_signature_is_refused(box: Box) -> None:
         box.registry().load("demo-ranker", "1")
 
 
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b["dsseEnvelope"].update(signatures=[]),
+        lambda b: b.update(verificationMaterial="x"),
+        lambda b: b.update(dsseEnvelope=[]),
+        lambda b: b["verificationMaterial"].update(publicKey=None),
+    ],
+    ids=["no-signatures", "material-not-object", "envelope-not-object", "no-public-key"],
+)
+def test_malformed_signature_bundles_are_refused_not_crashes(
+    box: Box, mangle: Callable[[dict[str, object]], None]
+) -> None:
+    path = box.package() / "model.sig"
+    bundle = json.loads(path.read_text())
+    mangle(bundle)
+    path.write_text(json.dumps(bundle))
+    with pytest.raises(SignatureError):
+        box.registry().load("demo-ranker", "1")
+
+
 def test_package_resigned_by_an_untrusted_key_is_refused(box: Box, tmp_path: Path) -> None:
     """An attacker who can write the model directory re-signs a package with their own key."""
     create_signing_key(tmp_path / "evil.key", tmp_path / "evil.pub")
@@ -217,6 +238,17 @@ def test_version_below_policy_minimum_is_refused(box: Box) -> None:
         box.registry(policy=policy).load("demo-ranker", "1")
     box.pack("10")  # numeric order: 10 > 2
     assert box.registry(policy=policy).load("demo-ranker", "10").version == "10"
+
+
+@pytest.mark.parametrize(("version", "minimum"), [("v9", "v10"), ("1a", "2"), ("dev", "100")])
+def test_versions_that_are_not_numbers_cannot_pass_a_floor(
+    box: Box, version: str, minimum: str
+) -> None:
+    # Text parts once sorted above every number: "dev" >= "100" let an old model back in.
+    box.pack(version)
+    policy = PolicyView(frozenset({"demo-ranker"}), lambda _name: minimum)
+    with pytest.raises(PolicyRefusedError, match="dotted numbers"):
+        box.registry(policy=policy).load("demo-ranker", version)
 
 
 def test_model_name_outside_the_policy_is_refused(box: Box) -> None:
