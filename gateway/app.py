@@ -490,7 +490,7 @@ def _rank_stage(c: Components, features: FeatureStore) -> Stage:
     name = c.settings.model.name
     if c.models is None or c.variant_metrics is None:
         assert c.ranker is not None  # noqa: S101 - callers check
-        return RankStage(c.ranker, features)
+        return RankStage(c.ranker, features, features_tenant=c.settings.model.features_tenant)
     manager = c.policy
 
     def variants_for(model: str) -> tuple[tuple[Variant, ...], str | None]:
@@ -500,7 +500,9 @@ def _rank_stage(c: Components, features: FeatureStore) -> Stage:
     return VariantRankStage(
         name,
         c.models,
-        stage_for=lambda loaded: RankStage(loaded.ranker, features),
+        stage_for=lambda loaded: RankStage(
+            loaded.ranker, features, features_tenant=c.settings.model.features_tenant
+        ),
         variants_for=variants_for,
         salt=variant_salt(c.settings.secret_key.get_secret_value().encode()),
         metrics=c.variant_metrics,

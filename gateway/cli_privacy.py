@@ -68,7 +68,11 @@ def erase(
     consent = open_consent_store(settings)
     audit_log = open_audit_log(settings) if settings.audit.enabled else None
     service = SubjectService(
-        consent, audit=audit_log, features=features, features_path=features_path
+        consent,
+        audit=audit_log,
+        features=features,
+        features_path=features_path,
+        features_tenant=settings.model.features_tenant,
     )
 
     async def run() -> dict[str, object]:

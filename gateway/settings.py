@@ -94,6 +94,10 @@ class ModelSettings(_Frozen):
     # Relative to the data directory unless absolute.
     path: str = "models/demo-ranker/1/model.onnx"
     features_path: str = "demo/features.npz"
+    # The tenant whose users the feature store holds (None: tokens without a tenant, as
+    # the embedded issuer mints by default). Callers of any other tenant never read,
+    # export or erase those profiles: the same user id there is another person.
+    features_tenant: str | None = None
     intra_op_threads: int = Field(default=1, ge=1, le=64)
     inference_threads: int = Field(default=2, ge=1, le=64)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"

@@ -11,9 +11,17 @@ from models.ranker import Ranker
 class RankStage:
     name = "rank"
 
-    def __init__(self, ranker: Ranker, features: FeatureStore, *, score_output: str = "score"):
+    def __init__(
+        self,
+        ranker: Ranker,
+        features: FeatureStore,
+        *,
+        features_tenant: str | None = None,
+        score_output: str = "score",
+    ):
         self._ranker = ranker
         self._features = features
+        self._features_tenant = features_tenant
         self._score = score_output
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
@@ -22,8 +30,12 @@ class RankStage:
             raise InternalError(log_cause="rank stage got no RankQuery")
         # Stage 3's verdict: without a personalisation basis the profile is never read;
         # the neutral user "" (never a stored id) gets the cold-start row: popularity only.
-        consent = ctx.consent
-        personal = consent is None or getattr(consent, "may_personalize", False) is True
+        # No verdict at all is no basis (fail closed). The store's profiles belong to one
+        # tenant: another tenant's user of the same id is someone else.
+        personal = getattr(ctx.consent, "may_personalize", False) is True
+        tenant = ctx.principal.tenant if ctx.principal is not None else None
+        if tenant != self._features_tenant:
+            personal = False
         user_id = query.user_id if personal else ""
         feeds = self._features.inputs_for(user_id, query.item_ids)
         outputs = await self._ranker.run(feeds)

@@ -121,8 +121,11 @@ def open_privacy(
         features_path = settings.resolve(settings.model.features_path)
         # Erasures made before this start (or before a restored snapshot) apply again.
         erased = consent.erased_feature_handles()
+        owner = settings.model.features_tenant
         if erased:
-            n = reapply(features_path, features, lambda u: consent.feature_handle(u) in erased)
+            n = reapply(
+                features_path, features, lambda u: consent.feature_handle(owner, u) in erased
+            )
             if n:
                 log.warning("re-applied %d feature-store erasure(s) at start-up", n)
     return Privacy(
@@ -131,7 +134,12 @@ def open_privacy(
         executor=ThreadPoolExecutor(cfg.redaction_threads, thread_name_prefix="pii"),
         consent=consent,
         subjects=SubjectService(
-            consent, audit=audit, features=features, features_path=features_path, clock=clock
+            consent,
+            audit=audit,
+            features=features,
+            features_path=features_path,
+            features_tenant=settings.model.features_tenant,
+            clock=clock,
         ),
         policy=policy,
         model_name=settings.model.name,

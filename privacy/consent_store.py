@@ -76,9 +76,11 @@ class ConsentStore:
         message = (tenant or "").encode() + b"\x00" + subject_id.encode()
         return hmac.new(self._handle_key, message, hashlib.sha256).digest()
 
-    def feature_handle(self, user_id: str) -> bytes:
-        """The key erasures are remembered under for the (tenant-less) feature store."""
-        return hmac.new(self._feature_key, user_id.encode(), hashlib.sha256).digest()
+    def feature_handle(self, tenant: str | None, user_id: str) -> bytes:
+        """The key an erasure is remembered under for the feature store. Tenant-bound: an
+        erasure by another tenant's caller must never blank the owning tenant's row."""
+        message = (tenant or "").encode() + b"\x00" + user_id.encode()
+        return hmac.new(self._feature_key, message, hashlib.sha256).digest()
 
     # -- backend hooks -------------------------------------------------------
 
@@ -149,7 +151,7 @@ class ConsentStore:
                 (
                     "INSERT INTO consent_erasures (handle, feature_handle, history_upto, ts_ms) "
                     "VALUES (?, ?, ?, ?)",
-                    (handle, self.feature_handle(subject_id), upto, ts_ms),
+                    (handle, self.feature_handle(tenant, subject_id), upto, ts_ms),
                 ),
                 ("DELETE FROM consent_history WHERE handle = ? AND seq <= ?", (handle, upto)),
             ]

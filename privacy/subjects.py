@@ -53,12 +53,15 @@ class SubjectService:
         audit: AuditLog | None,
         features: FeatureStore | None,
         features_path: Path | None,
+        features_tenant: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.consent = consent
         self._audit = audit
         self._features = features
         self._features_path = features_path
+        # Only this tenant's subjects have rows in the feature store (settings.model).
+        self._features_tenant = features_tenant
         self._clock = clock
 
     # -- access --------------------------------------------------------------
@@ -85,7 +88,7 @@ class SubjectService:
                 "history": [e.as_json() for e in history],
             },
             "audit": audit,
-            "features": self._feature_values(subject_id),
+            "features": self._feature_values(tenant, subject_id),
         }
 
     def _audit_records(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
@@ -108,8 +111,10 @@ class SubjectService:
                 records.append({"index": leaf.index, **opened})
         return {"pseudonym": pseudonym, "records": records}
 
-    def _feature_values(self, subject_id: str) -> dict[str, Any]:
+    def _feature_values(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
         store = self._features
+        if tenant != self._features_tenant:
+            store = None  # another tenant's person of the same id: nothing of theirs here
         row = store.user_row(subject_id) if store is not None else None
         if store is None or row is None:
             return {"known": False, "values": {}}
@@ -119,17 +124,23 @@ class SubjectService:
     # -- erasure -------------------------------------------------------------
 
     async def erase(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
-        feature_row = False
-        if self._features is not None and self._features_path is not None:
-            feature_row = await asyncio.to_thread(
-                erase_user, self._features_path, self._features, subject_id
-            )
+        # The consent store's erasure marker first: it is what start-up re-applies to the
+        # feature store, so a failure below is repaired by a retry or a restart, never lost.
         try:
             consent_rows = await asyncio.to_thread(
                 self.consent.erase, tenant, subject_id, int(self._clock() * 1000)
             )
         except ConsentStoreError as exc:
             raise ConsentUnavailable(log_cause=f"consent erasure: {exc}") from exc
+        feature_row = False
+        owned = tenant == self._features_tenant
+        if owned and self._features is not None and self._features_path is not None:
+            try:
+                feature_row = await asyncio.to_thread(
+                    erase_user, self._features_path, self._features, subject_id
+                )
+            except (OSError, ValueError) as exc:
+                raise ConsentUnavailable(log_cause=f"feature erasure: {exc}") from exc
         audit_key = False
         if self._audit is not None:
             try:

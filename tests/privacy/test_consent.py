@@ -135,7 +135,7 @@ def test_erasure_is_the_only_delete(store: ConsentStore) -> None:
     with pytest.raises(REJECTED):
         raw(store, "UPDATE consent_erasures SET history_upto = 999999")
     assert store.erase(None, "dave", 6) == 1  # idempotent, and again possible
-    assert store.feature_handle("dave") in store.erased_feature_handles()
+    assert store.feature_handle(None, "dave") in store.erased_feature_handles()
 
 
 # -- decisions -------------------------------------------------------------

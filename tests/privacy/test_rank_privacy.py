@@ -299,26 +299,41 @@ def test_readyz_lists_detectable_entities(client: TestClient) -> None:
 
 
 def test_subjects_are_separate_per_tenant(client: TestClient, forge: Callable[..., str]) -> None:
-    """Tenant A's consent for u1 is not tenant B's, and B cannot read it."""
+    """The feature store's tenant (settings.model.features_tenant: tokens without a tenant
+    by default) owns its profiles. Another tenant's u1 is another person: its consent is
+    its own, and it can neither be ranked with, read, nor erase the owner's u1 profile."""
+    scopes = "consent:write consent:read rank subject:read subject:erase"
 
-    def headers(tenant: str) -> dict[str, str]:
-        token = forge({"tenant": tenant, "scope": "consent:write consent:read rank"})
-        return {"Authorization": f"Bearer {token}", **JSON}
+    def headers(tenant: str | None) -> dict[str, str]:
+        claims = {"scope": scopes} if tenant is None else {"tenant": tenant, "scope": scopes}
+        return {"Authorization": f"Bearer {forge(claims)}", **JSON}
 
+    owner, other = headers(None), headers("globex")
     body = {"consents": [{"purpose": "personalization", "granted": True}]}
-    put = client.put("/v1/subjects/u1/consent", json=body, headers=headers("acme"))
-    assert put.status_code == 200, put.text
-    mine = client.get("/v1/subjects/u1/consent", headers=headers("acme")).json()
-    theirs = client.get("/v1/subjects/u1/consent", headers=headers("globex")).json()
-    assert mine["consent"]["personalization"]["granted"] is True
-    assert theirs["consent"] == {}
+    for caller in (owner, other):
+        put = client.put("/v1/subjects/u1/consent", json=body, headers=caller)
+        assert put.status_code == 200, put.text
+    client.put(
+        "/v1/subjects/u2/consent",
+        json={"consents": [{"purpose": "personalization", "granted": False}]},
+        headers=owner,
+    )
+    theirs = client.get("/v1/subjects/u2/consent", headers=other).json()
+    assert theirs["consent"] == {}  # the owner's u2 withdrawal is not globex's to read
     ranked = {
-        t: client.post(
-            "/v1/rank", json={"user_id": "u1", "item_ids": ITEMS}, headers=headers(t)
-        ).json()["personalized"]
-        for t in ("acme", "globex")
+        name: client.post("/v1/rank", json={"user_id": "u1", "item_ids": ITEMS}, headers=h)
+        for name, h in (("owner", owner), ("other", other))
     }
-    assert ranked == {"acme": True, "globex": False}
+    assert ranked["owner"].json()["personalized"] is True
+    assert ranked["other"].json()["personalized"] is False  # consent, but not their profile
+    export = client.get("/v1/subjects/u1/export", headers=other).json()
+    assert export["features"] == {"known": False, "values": {}}
+    erased = client.delete("/v1/subjects/u1", headers=other)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["feature_row_erased"] is False
+    assert client.get("/v1/subjects/u1/export", headers=owner).json()["features"]["known"]
+    again = client.post("/v1/rank", json={"user_id": "u1", "item_ids": ITEMS}, headers=owner)
+    assert again.json()["personalized"] is True
 
 
 def test_postgres_consent_store_behind_the_api(
