@@ -128,6 +128,15 @@ def open_privacy(
             )
             if n:
                 log.warning("re-applied %d feature-store erasure(s) at start-up", n)
+    missing = undetectable(analyzer, policy()[0])
+    if missing:
+        # Loud, not fatal: the default bundle's EU set names PERSON and LOCATION, which
+        # only an installed NER package detects; until then they pass unredacted.
+        log.error(
+            "PII NOT REDACTED: the policy asks for entities this engine cannot detect %s; "
+            "install a spaCy NER package and set privacy.ner_model",
+            missing,
+        )
     return Privacy(
         analyzer=analyzer,
         redactor=Redactor(analyzer, secret=secret, cache_size=cfg.redaction_cache_size),

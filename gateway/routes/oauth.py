@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from audit.stage import append_plain
 from gateway.app import components_of
-from gateway.errors import NotFound, OAuthError, TooManyRequests
+from gateway.errors import InspectionUnavailable, NotFound, OAuthError, TooManyRequests
 from gateway.routes._json import json_response
 from security.issuer import EmbeddedIssuer
 
@@ -37,6 +37,10 @@ async def token(request: Request) -> Response:
                 status=exc.status,
                 headers={**exc.headers, "Cache-Control": "no-store"},
             )
+        except InspectionUnavailable as exc:
+            # The limiter's shared state is down: refuse (fail closed), and on record.
+            await _audit_token(request, None, exc.status, exc.slug)
+            raise
     try:
         client_id, body = await issuer.token_endpoint(await request.body(), request.headers)
     except OAuthError as exc:

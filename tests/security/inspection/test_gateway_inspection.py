@@ -360,6 +360,15 @@ def test_unreachable_redis_fails_closed(
         ranked = client.post("/v1/rank", json={"user_id": "u1", "item_ids": ["i1"]}, headers=auth)
         assert ranked.json()["type"] == "urn:gateway:problem:inspection-unavailable"
         assert record(client, ranked.headers["x-request-id"])["status"] == 503
+        # The token endpoint's limiter shares that state: refused too, and on record.
+        token = client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=("demo", (report.data_dir / "clients" / "demo.secret").read_text().strip()),
+        )
+        assert token.status_code == 503
+        assert "access_token" not in token.text
+        assert record(client, token.headers["x-request-id"])["status"] == 503
 
 
 def test_detection_thresholds_are_validated() -> None:
