@@ -52,7 +52,10 @@ async def load_version(c: Components, name: str, version: str, *, activate: bool
     c.not_ready.pop(not_ready_key(name, version), None)
     if activate:
         previous = registry.activate(name, version)
-        c.ranker = loaded.ranker
+        # The registry's primary, not `loaded`: a concurrent load of the same version may
+        # have replaced (and will retire) the object this call loaded.
+        primary = registry.primary(name)
+        c.ranker = primary.ranker if primary is not None else loaded.ranker
         c.not_ready.pop("model", None)
         c.not_ready.pop(not_ready_key(name, c.settings.model.version), None)
         _build_pipelines(c)
