@@ -453,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except Exception as exc:
+        # Last resort at the process boundary: an operator gets one line and a non-zero
+        # exit, never a traceback (which may quote key paths or data). Known failures
+        # are mapped to ConfigurationError above; this catches what slipped through.
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        typer.echo(f"error: unexpected {type(exc).__name__}: {first_line}", err=True)
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -62,3 +62,14 @@ def test_pack_of_a_missing_file_is_one_error_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: cannot read")
+
+
+def test_a_damaged_manifest_is_one_error_line_not_a_traceback(tmp_path: Path) -> None:
+    data = tmp_path / "gw"
+    assert run("init", "--data-dir", str(data)).returncode == 0
+    (data / "models" / "demo-ranker" / "1" / "manifest.json").write_text("[]")
+    result = run("models", "list", "--data-dir", str(data))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ")
