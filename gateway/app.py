@@ -344,6 +344,13 @@ async def reload_policy(components: Components, trigger: str) -> ReloadResult:
             await load_missing_versions(
                 components.models, components.settings, result.bundle.data, components.not_ready
             )
+            if "model" in components.not_ready and components.ranker is not None:
+                # The new bundle refuses the primary version: refuse rank and infer until
+                # an allowed version is loaded (POST /v1/admin/models/.../load).
+                components.ranker = None
+                _build_pipelines(components)
+                name = components.settings.model.name
+                components.metrics.model_ready.labels(name).set(0)
     if components.audit is not None:
         await components.audit.append(
             event_record(

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigurationError
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from models.loader import PolicyView
-from models.package_errors import ModelPackageError
+from models.loader import PolicyView, check_policy
+from models.package_errors import ModelPackageError, PolicyRefusedError
 from models.ranker import Ranker
 from models.registry import LoadedModel, ModelRegistry
 from models.signing import TrustedSigner, parse_public_key, read_public_keys
@@ -141,11 +141,27 @@ def open_models(
 async def load_missing_versions(
     registry: ModelRegistry, settings: Settings, data: DataPolicy | None, not_ready: dict[str, str]
 ) -> None:
-    """After a policy reload: load the arms and shadow the new bundle names (not primary)."""
+    """After a policy reload: load the arms and shadow the new bundle names (not primary),
+    and stop serving loaded versions the new bundle refuses (a raised `min_version` is
+    anti-rollback now, not at the next restart). A refused primary sets
+    `not_ready["model"]`: the caller rebuilds the pipelines so they refuse."""
     name = settings.model.name
+    view = policy_view(lambda: data)()
+    for loaded in registry.loaded():
+        try:
+            check_policy(loaded.name, loaded.version, view)
+        except PolicyRefusedError as exc:
+            reason = f"{exc.step}: {type(exc).__name__}: {exc}"
+            not_ready[not_ready_key(loaded.name, loaded.version)] = reason
+            log.error("model %s %s refused by the new policy: %s", loaded.name, loaded.version, exc)
+            if registry.primary(loaded.name) is loaded:
+                not_ready["model"] = reason
+            elif (old := registry.unload(loaded.name, loaded.version)) is not None:
+                registry.retire(old, registry.retire_grace_s)
     wanted = wanted_versions(settings, data)
     for key in [k for k in not_ready if k.startswith(f"model:{name}@")]:
-        if key.split("@", 1)[1] not in wanted:
+        version = key.split("@", 1)[1]
+        if version not in wanted and registry.get(name, version) is None:
             del not_ready[key]  # the bundle no longer asks for that version
     for version in wanted:
         if registry.get(name, version) is not None:

@@ -136,6 +136,24 @@ def test_a_hot_swap_keeps_every_clients_stage_5_state(box: Box) -> None:
         assert client.get("/metrics").status_code == 200
 
 
+def test_raising_min_version_by_policy_reload_stops_the_old_version_at_once(box: Box) -> None:
+    # Anti-rollback must not wait for a restart: once the bundle says "at least 2",
+    # version 1 is refused while it is still loaded, until an allowed version is loaded.
+    box.pack("2")
+    with TestClient(create_app(box.settings())) as client:
+        assert rank(client, box)["model"]["version"] == "1"  # type: ignore[index]
+        box.edit_data_policy('min_version: "1"', 'min_version: "2"')
+        reloaded = client.post("/v1/admin/policy/reload", headers=box.headers())
+        assert reloaded.status_code == 200, reloaded.text
+        refused = client.post("/v1/rank", json=RANK, headers=box.headers("demo"))
+        assert refused.status_code == 503
+        assert refused.json()["type"] == "urn:gateway:problem:model-not-ready"
+        assert client.get("/readyz").status_code == 503
+        assert client.post(LOAD.format("2"), headers=box.headers()).status_code == 200
+        assert rank(client, box)["model"]["version"] == "2"  # type: ignore[index]
+        assert client.get("/readyz").status_code == 200
+
+
 def test_requests_during_a_swap_all_succeed_on_one_version_or_the_other(box: Box) -> None:
     box.pack("2")
     with TestClient(create_app(box.settings())) as client:
