@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +24,18 @@ def _issuer(request: Request) -> EmbeddedIssuer:
     return issuer
 
 
+def source_key(host: str) -> str:
+    """The token endpoint's rate-limit key: the IPv4 address, or the IPv6 /64. One IPv6
+    host routinely holds a whole /64, so per-address buckets would be free to multiply."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 @router.post("/oauth/token", summary="OAuth2 token endpoint (client_credentials)")
 async def token(request: Request) -> Response:
     issuer = _issuer(request)
@@ -29,7 +43,9 @@ async def token(request: Request) -> Response:
     if limiter is not None:
         try:
             # Before the body is read or a secret hashed (scrypt is slow on purpose).
-            await limiter.limit_token_endpoint(request.client.host if request.client else "-")
+            await limiter.limit_token_endpoint(
+                source_key(request.client.host if request.client else "-")
+            )
         except TooManyRequests as exc:
             await _audit_token(request, None, exc.status, exc.slug)
             return json_response(

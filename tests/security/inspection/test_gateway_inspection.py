@@ -382,3 +382,19 @@ def test_detection_thresholds_are_validated() -> None:
         DetectionPolicy(thresholds={"query_similarity": 1.5})
     assert DetectionPolicy(thresholds={"near_duplicates": 4}).threshold("near_duplicates") == 4
     assert DetectionPolicy().threshold("near_duplicates") == 8
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_token_endpoint_buckets_ipv6_clients_by_64(host: str, key: str) -> None:
+    # Rotating addresses inside one /64 must not buy an attacker fresh buckets.
+    from gateway.routes.oauth import source_key
+
+    assert source_key(host) == key
