@@ -234,7 +234,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         policy_source(components.policy),
         metrics.registry,
         clock,
-        model_loaded=components.ranker is not None and components.features is not None,
+        # From the feature store, not the model: a model hot-loaded later is inspected too.
+        model_loaded=components.features is not None,
         feature_stats=_manifest_stats(components),
         live_tables=components.features.tables() if components.features is not None else None,
     )

@@ -49,6 +49,34 @@ def test_tampered_package_at_start_is_not_ready_and_nothing_is_served(box: Box) 
         assert "model.onnx.enc" not in refused.text
 
 
+def test_a_model_hot_loaded_after_a_refused_start_is_inspected(box: Box) -> None:
+    # Stage 5's detector comes from the feature store, not the model: a gateway that
+    # started without a model must still inspect the one an operator loads later.
+    from audit.record import parse
+    from models.features import load_arrays
+
+    flip_bit(box.package() / "model.onnx.enc", 99)
+    box.pack("2")
+    with TestClient(create_app(box.settings())) as client:
+        assert client.post(LOAD.format("2"), headers=box.headers()).status_code == 200
+        store = load_arrays(box.data_dir / "demo/features.npz")
+        tensors = [
+            ("user_id", "INT64", [1], [3]),
+            ("item_id", "INT64", [1], [5]),
+            ("user_features", "FP32", [1, 20], store["user_features"][3].tolist()),
+            ("item_features", "FP32", [1, 20], store["item_features"][5].tolist()),
+        ]
+        body = {
+            "inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in tensors]
+        }
+        infer = client.post("/v2/models/demo-ranker/infer", json=body, headers=box.headers("demo"))
+        assert infer.status_code == 200, infer.text
+        audit = client.app.state.components.audit.store
+        record = parse(audit.leaf(audit.index_of(infer.headers["x-request-id"])).payload)
+        assert record["inspection"] is not None
+        assert record["model"]["version"] == "2"
+
+
 def test_old_plaintext_data_dir_says_to_run_init_then_init_migrates_it(box: Box) -> None:
     shutil.rmtree(box.package())
     box.package().mkdir()
