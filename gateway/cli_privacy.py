@@ -56,24 +56,16 @@ def erase(
     from audit.factory import open_audit_log
     from gateway.cli import _settings
     from models.features import FeatureStore
-    from privacy.components import open_consent_store
-    from privacy.subjects import SubjectService
+    from privacy.components import open_consent_store, subject_service
 
     settings = _settings(data_dir, config)
-    features_path = settings.resolve(settings.model.features_path)
     try:
-        features = FeatureStore.load(features_path)
+        features = FeatureStore.load(settings.resolve(settings.model.features_path))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"feature store: {exc}") from exc
     consent = open_consent_store(settings)
     audit_log = open_audit_log(settings) if settings.audit.enabled else None
-    service = SubjectService(
-        consent,
-        audit=audit_log,
-        features=features,
-        features_path=features_path,
-        features_tenant=settings.model.features_tenant,
-    )
+    service = subject_service(settings, consent, audit=audit_log, features=features)
 
     async def run() -> dict[str, object]:
         try:

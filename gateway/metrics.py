@@ -87,27 +87,16 @@ class Metrics:
             ["name", "version", "content_hash"],
             registry=self.registry,
         )
-        self._stage_children: dict[str, Histogram] = {}
-        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._requests = CachedLabels(self.requests)
+        self._request_seconds = CachedLabels(self.request_seconds)
+        self._stage_seconds = CachedLabels(self.stage_seconds)
 
     def observe_request(self, route: str, method: str, status: str, seconds: float) -> None:
-        # labels() hashes and locks on every call; cache the children per label tuple.
-        key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, method, status),
-                self.request_seconds.labels(route),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests(route, method, status).inc()
+        self._request_seconds(route).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        child = self._stage_children.get(stage)
-        if child is None:
-            child = self._stage_children[stage] = self.stage_seconds.labels(stage)
-        child.observe(seconds)
+        self._stage_seconds(stage).observe(seconds)
 
     def observe_policy(self, bundle: Any) -> None:
         self.policy_active.clear()

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from audit.log import AuditLog
 from gateway.errors import ConfigurationError
@@ -104,6 +103,27 @@ class Privacy:
         self.consent.close()
 
 
+def subject_service(
+    settings: Settings,
+    consent: ConsentStore,
+    *,
+    audit: AuditLog | None,
+    features: FeatureStore | None,
+    clock: Callable[[], float] = time.time,
+) -> SubjectService:
+    """Access and erasure over the configured feature store (the gateway and the CLI)."""
+    return SubjectService(
+        consent,
+        audit=audit,
+        features=features,
+        features_path=(
+            settings.resolve(settings.model.features_path) if features is not None else None
+        ),
+        features_tenant=settings.model.features_tenant,
+        clock=clock,
+    )
+
+
 def open_privacy(
     settings: Settings,
     *,
@@ -116,7 +136,6 @@ def open_privacy(
     analyzer = shared_analyzer(cfg.ner_model)
     secret = settings.secret_key.get_secret_value().encode()
     consent = open_consent_store(settings)
-    features_path: Path | None = None
     if features is not None:
         features_path = settings.resolve(settings.model.features_path)
         # Erasures made before this start (or before a restored snapshot) apply again.
@@ -142,14 +161,7 @@ def open_privacy(
         redactor=Redactor(analyzer, secret=secret, cache_size=cfg.redaction_cache_size),
         executor=ThreadPoolExecutor(cfg.redaction_threads, thread_name_prefix="pii"),
         consent=consent,
-        subjects=SubjectService(
-            consent,
-            audit=audit,
-            features=features,
-            features_path=features_path,
-            features_tenant=settings.model.features_tenant,
-            clock=clock,
-        ),
+        subjects=subject_service(settings, consent, audit=audit, features=features, clock=clock),
         policy=policy,
         model_name=settings.model.name,
         timeout_s=cfg.redaction_timeout_ms / 1000.0,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
+
 from gateway.errors import (
     InspectionUnavailable,
     InternalError,
@@ -96,19 +98,36 @@ class RateLimitedAuthorize:
         if principal is None:
             raise InternalError(log_cause="rate limit before authentication")
         rates = self._policy().rate_limits
-        try:
-            take = await self._limiter.take(
-                "c:" + client_key(principal),
-                rate=rates.per_client_rps,
-                burst=rates.burst,
-                now=self._clock(),
-            )
-        except StateUnavailableError as exc:
-            raise InspectionUnavailable(log_cause=str(exc)) from exc
-        if not take.allowed:
-            self._metrics.refusal("rate").inc()
-            raise TooManyRequests(take.retry_after_s, log_cause="client rate limit")
+        await enforce_rate(
+            self._limiter,
+            "c:" + client_key(principal),
+            rate=rates.per_client_rps,
+            burst=rates.burst,
+            now=self._clock(),
+            refused=self._metrics.refusal("rate"),
+            what="client rate limit",
+        )
         return await self._inner(ctx)
+
+
+async def enforce_rate(
+    limiter: RateLimiter,
+    key: str,
+    *,
+    rate: float,
+    burst: int,
+    now: float,
+    refused: Counter,
+    what: str,
+) -> None:
+    """Take one token or refuse: 429 with Retry-After; 503 (fail closed) without state."""
+    try:
+        take = await limiter.take(key, rate=rate, burst=burst, now=now)
+    except StateUnavailableError as exc:
+        raise InspectionUnavailable(log_cause=str(exc)) from exc
+    if not take.allowed:
+        refused.inc()
+        raise TooManyRequests(take.retry_after_s, log_cause=what)
 
 
 class InspectStage:

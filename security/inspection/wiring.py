@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigurationError, InspectionUnavailable, TooManyRequests
+from gateway.errors import ConfigurationError
 from gateway.pipeline import Stage
 from gateway.settings import Settings
 from models.features import load_arrays
@@ -20,8 +20,8 @@ from security.inspection.detector import Detector
 from security.inspection.fingerprint import Fingerprinter
 from security.inspection.metrics import InspectionMetrics
 from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from security.inspection.stage import InspectStage, RateLimitedAuthorize
-from security.inspection.state import DetectorState, MemoryState, RedisState, StateUnavailableError
+from security.inspection.stage import InspectStage, RateLimitedAuthorize, enforce_rate
+from security.inspection.state import DetectorState, MemoryState, RedisState
 from security.inspection.stats import FeatureStats, check_stats, feature_stats_from_tables
 
 log = logging.getLogger("gateway.inspection")
@@ -59,18 +59,15 @@ class Inspection:
     async def limit_token_endpoint(self, source: str) -> None:
         """/oauth/token per source address, before the body is read or a secret hashed."""
         rates = self.policy().rate_limits
-        try:
-            take = await self.limiter.take(
-                "t:" + source,
-                rate=rates.token_endpoint_rps,
-                burst=rates.token_endpoint_burst,
-                now=self.clock(),
-            )
-        except StateUnavailableError as exc:
-            raise InspectionUnavailable(log_cause=str(exc)) from exc
-        if not take.allowed:
-            self.metrics.refusal("token").inc()
-            raise TooManyRequests(take.retry_after_s, log_cause="token endpoint rate limit")
+        await enforce_rate(
+            self.limiter,
+            "t:" + source,
+            rate=rates.token_endpoint_rps,
+            burst=rates.token_endpoint_burst,
+            now=self.clock(),
+            refused=self.metrics.refusal("token"),
+            what="token endpoint rate limit",
+        )
 
     def forget_user_row(self, row: int) -> None:
         """Erasure of a user's feature row (FeatureStore.on_forget)."""
