@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import zipfile
 from array import array
@@ -32,7 +31,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import orjson
 
@@ -58,6 +57,7 @@ from audit.merkle import ProofError, inclusion_proof, leaf_hash, verify_consiste
 from audit.record import RecordError, parse
 from audit.store import StoredCheckpoint, StoredLeaf
 from audit.subjects import SubjectKeyError
+from gateway.files import write_private
 
 __all__ = [
     "ExportError",
@@ -143,21 +143,19 @@ def write_bundle(
 ) -> None:
     """Write the bundle to a new file, mode 0600; never overwrite, never leave a partial file."""
     chunks = iter_bundle(audit_log, flt, previous_checkpoint=previous_checkpoint)
+
+    def write(out: BinaryIO) -> None:
+        for chunk in chunks:
+            out.write(chunk)
+
     try:
-        # O_EXCL also refuses a symlink planted at `path`.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # O_EXCL refuses an existing file and a symlink planted at `path`; a failed
+        # write removes the file it created.
+        write_private(path, write)
     except FileExistsError:
         raise ExportError(f"{path} exists; a bundle never overwrites a file") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        chunks.close()
-        path.unlink(missing_ok=True)
-        raise
+    finally:
+        chunks.close()  # ends the store reads if writing stopped early; else a no-op
 
 
 def iter_bundle(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from audit.keys import handle_key, load_signer
+from audit.keys import load_signer
 from audit.log import AuditLog
 from audit.sqlite_store import SqliteAuditStore
 from audit.store import AuditStore, StoreError
 from audit.subjects import SubjectKeys
+from gateway.derivation import Purpose
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings
-from security.keyring import keyring_from_settings
+from security import KeyProvider, keyring_from_settings
 
 
 def open_store(settings: Settings) -> AuditStore:
@@ -29,17 +30,20 @@ def open_store(settings: Settings) -> AuditStore:
         raise ConfigurationError(str(exc)) from exc
 
 
+def subject_keys(settings: Settings, store: AuditStore, keyring: KeyProvider) -> SubjectKeys:
+    """Per-subject keys: wrapped by the keyring's KEKs, looked up by a keyed handle."""
+    return SubjectKeys(
+        store, keyring=keyring, handle_key=settings.derived_keys[Purpose.AUDIT_SUBJECT_HANDLE]
+    )
+
+
 def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time) -> AuditLog:
     cfg = settings.audit
     signer = load_signer(settings.resolve(cfg.signing_key_file))
     # Subject keys are wrapped by the keyring's KEKs (the old keys/audit-kek.bin is adopted).
     keyring = keyring_from_settings(settings)
     store = open_store(settings)
-    subjects = SubjectKeys(
-        store,
-        keyring=keyring,
-        handle_key=handle_key(settings.secret_key.get_secret_value().encode()),
-    )
+    subjects = subject_keys(settings, store, keyring)
     return AuditLog(
         store,
         signer=signer,

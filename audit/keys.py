@@ -5,9 +5,6 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from audit.checkpoint import CheckpointError, NoteSigner
 from gateway.errors import ConfigurationError
 from gateway.files import write_private
@@ -40,22 +37,3 @@ def load_signer(path: Path) -> NoteSigner:
         ) from None
     except (CheckpointError, ValueError) as exc:
         raise ConfigurationError(f"audit signing key at {path} is unreadable: {exc}") from exc
-
-
-def load_kek(path: Path) -> bytes:
-    try:
-        kek = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"audit key-encryption key not found at {path}; run `gateway init`"
-        ) from None
-    if len(kek) != 32:
-        raise ConfigurationError(f"audit key-encryption key at {path} must be 32 bytes")
-    return kek
-
-
-def handle_key(secret_key: bytes) -> bytes:
-    """The key that turns subject ids into store handles, derived from the gateway secret."""
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway-audit-subject-handle"
-    ).derive(secret_key)

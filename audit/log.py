@@ -2,7 +2,7 @@
 
 One object per gateway process, over one store. Blocking store calls (proofs,
 checkpoints, erasure) are made off the event loop by the callers in the routes
-and CLI; `record_request` is the hot path and only awaits the group commit.
+and CLI; `append` is the hot path and only awaits the group commit.
 """
 
 from __future__ import annotations

@@ -7,22 +7,23 @@ application's own role. Appends lock the head row (`SELECT ... FOR UPDATE`):
 every replica's writer queues on that one row, so the log has one sequence,
 no gaps and no forks however many processes append at once.
 
+Reads and one-statement writes are `audit.sql_store`'s, shared with SQLite.
 No psycopg exception leaves this module: every failure is a `StoreError`.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from audit.merkle import HASH_SIZE, Frontier
-from audit.store import PendingRecord, StoredCheckpoint, StoredLeaf, StoreError, check_batch
+from audit.merkle import Frontier
+from audit.sql_store import QUERIES, Role, SqlAuditStore, split_hashes
+from audit.store import PendingRecord, StoreError, check_batch
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -131,68 +132,24 @@ def _trigger_ddl(schema: sql.Identifier) -> list[sql.Composed]:
     return statements
 
 
-# Every query, composed once per store with the schema quoted by psycopg.
-_QUERIES = {
+# The queries only PostgreSQL runs (written like the shared ones: `?`, `{s}.table`).
+_OWN_QUERIES = {
     "head_for_update": "SELECT size, frontier FROM {s}.audit_head WHERE id = 1 FOR UPDATE",
     "copy_leaves": "COPY {s}.audit_leaves (idx, leaf_hash, request_id, ts_ms) FROM STDIN",
     "copy_payloads": "COPY {s}.audit_payloads (idx, record) FROM STDIN",
     "copy_nodes": "COPY {s}.audit_nodes (level, idx, hash) FROM STDIN",
-    "set_head": "UPDATE {s}.audit_head SET size = %s, frontier = %s WHERE id = 1",
-    "add_checkpoint": (
-        "INSERT INTO {s}.audit_checkpoints (size, root, note, created_ms) VALUES (%s, %s, %s, %s)"
-    ),
+    "set_head": "UPDATE {s}.audit_head SET size = ?, frontier = ? WHERE id = 1",
     "insert_subject": (
         "INSERT INTO {s}.subject_keys (handle, pseudonym, key_id, wrapped) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (handle) DO NOTHING"
+        "VALUES (?, ?, ?, ?) ON CONFLICT (handle) DO NOTHING"
     ),
-    "subject": "SELECT key_id, wrapped FROM {s}.subject_keys WHERE handle = %s",
-    "subject_by_pseudonym": (
-        "SELECT handle, key_id, wrapped FROM {s}.subject_keys WHERE pseudonym = %s"
-    ),
-    "delete_subject": "DELETE FROM {s}.subject_keys WHERE handle = %s",
-    "subjects_after": (
-        "SELECT handle, key_id, wrapped FROM {s}.subject_keys WHERE handle > %s "
-        "ORDER BY handle LIMIT %s"
-    ),
-    "rewrap_subject": (
-        "UPDATE {s}.subject_keys SET key_id = %s, wrapped = %s WHERE handle = %s AND key_id = %s"
-    ),
-    "subject_key_ids": "SELECT key_id, count(*) FROM {s}.subject_keys GROUP BY key_id",
     "watermark_for_update": "SELECT purged_below FROM {s}.audit_retention WHERE id = 1 FOR UPDATE",
-    "set_watermark": "UPDATE {s}.audit_retention SET purged_below = %s WHERE id = 1",
-    "purge": "DELETE FROM {s}.audit_payloads WHERE idx < %s",
-    "size": "SELECT size FROM {s}.audit_head WHERE id = 1",
-    "max_index": "SELECT max(idx) FROM {s}.audit_leaves",
-    "head": "SELECT size, frontier FROM {s}.audit_head WHERE id = 1",
-    "node": "SELECT hash FROM {s}.audit_nodes WHERE level = %s AND idx = %s",
-    "leaf": (
-        "SELECT l.idx, l.leaf_hash, l.request_id, l.ts_ms, p.record FROM {s}.audit_leaves l "
-        "LEFT JOIN {s}.audit_payloads p ON p.idx = l.idx WHERE l.idx = %s"
-    ),
-    "leaves": (
-        "SELECT l.idx, l.leaf_hash, l.request_id, l.ts_ms, p.record FROM {s}.audit_leaves l "
-        "LEFT JOIN {s}.audit_payloads p ON p.idx = l.idx "
-        "WHERE l.idx >= %s AND l.idx < %s ORDER BY l.idx"
-    ),
-    "leaves_between": (
-        "SELECT l.idx, l.leaf_hash, l.request_id, l.ts_ms, p.record FROM {s}.audit_leaves l "
-        "LEFT JOIN {s}.audit_payloads p ON p.idx = l.idx "
-        "WHERE l.ts_ms >= %s AND l.ts_ms < %s ORDER BY l.idx"
-    ),
-    "index_of": ("SELECT idx FROM {s}.audit_leaves WHERE request_id = %s ORDER BY idx LIMIT 1"),
-    "nodes_after": (
-        "SELECT level, idx, hash FROM {s}.audit_nodes WHERE (level, idx) > (%s, %s) "
-        "ORDER BY level, idx LIMIT 10000"
-    ),
-    "checkpoints": ("SELECT size, root, note, created_ms FROM {s}.audit_checkpoints ORDER BY size"),
-    "latest_checkpoint": (
-        "SELECT size, root, note, created_ms FROM {s}.audit_checkpoints ORDER BY size DESC LIMIT 1"
-    ),
-    "purged_below": "SELECT purged_below FROM {s}.audit_retention WHERE id = 1",
+    "set_watermark": "UPDATE {s}.audit_retention SET purged_below = ? WHERE id = 1",
+    "purge": "DELETE FROM {s}.audit_payloads WHERE idx < ?",
     "installed_triggers": (
         "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND t.tgname = ANY(%s) AND t.tgenabled <> 'D'"
+        "WHERE n.nspname = ? AND t.tgname = ANY(?) AND t.tgenabled <> 'D'"
     ),
 }
 
@@ -202,33 +159,20 @@ _DURABLE = {"on", "remote_apply", "remote_write", "local"}
 _Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-def _split(blob: bytes) -> list[bytes]:
-    return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+class PostgresAuditStore(SqlAuditStore):
+    _driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
-
-def _leaf(row: tuple[Any, ...]) -> StoredLeaf:
-    idx, leaf_hash, request_id, ts_ms, payload = row
-    return StoredLeaf(
-        index=int(idx),
-        leaf_hash=bytes(leaf_hash),
-        request_id=None if request_id is None else str(request_id),
-        ts_ms=int(ts_ms),
-        payload=None if payload is None else bytes(payload),
-    )
-
-
-def _checkpoint(row: tuple[Any, ...]) -> StoredCheckpoint:
-    size, root, note, created_ms = row
-    return StoredCheckpoint(int(size), bytes(root), bytes(note), int(created_ms))
-
-
-class PostgresAuditStore:
     def __init__(self, dsn: str, *, schema: str = "gateway_audit") -> None:
+        super().__init__()
         if not _SCHEMA_NAME.fullmatch(schema):
             raise StoreError(f"invalid audit schema name {schema!r}: want [a-z_][a-z0-9_]{{0,62}}")
         self.schema = schema
         ident = sql.Identifier(schema)
-        self._q = {name: sql.SQL(text).format(s=ident) for name, text in _QUERIES.items()}
+        # Every query, composed once per store with the schema quoted by psycopg.
+        self._q = {
+            name: sql.SQL(text.replace("?", "%s")).format(s=ident)
+            for name, text in (QUERIES | _OWN_QUERIES).items()
+        }
         self._ddl = [sql.SQL(_TABLES).format(s=ident), *_trigger_ddl(ident)]
         try:
             params = conninfo_to_dict(dsn)
@@ -239,8 +183,6 @@ class PostgresAuditStore:
         params.setdefault("application_name", "gateway-audit")
         self._conninfo = make_conninfo("", **params)
         self._closed = False
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
         opened: list[_Conn] = []
         try:
             opened.append(self._connect())
@@ -292,7 +234,11 @@ class PostgresAuditStore:
         setattr(self, which, fresh)
         return fresh
 
-    # -- writes --------------------------------------------------------------
+    def _execute(self, role: Role, name: str, args: tuple[object, ...] = ()) -> psycopg.Cursor[Any]:
+        conn = self._live(self._read if role == "_read" else self._write, role)
+        return conn.execute(self._q[name], args)
+
+    # -- the transactions that lock the head or the watermark ----------------
 
     def append_batch(self, records: Sequence[PendingRecord]) -> int:
         check_batch(records)
@@ -306,7 +252,7 @@ class PostgresAuditStore:
                         raise StoreError("audit head missing")
                     size = int(row[0])
                     try:
-                        frontier = Frontier(size, _split(bytes(row[1])))
+                        frontier = Frontier(size, split_hashes(bytes(row[1])))
                     except ValueError as exc:
                         # The appender fails a batch on StoreError only; anything else
                         # would leave its requests waiting forever.
@@ -331,62 +277,6 @@ class PostgresAuditStore:
                 raise StoreError(f"audit append failed: {exc}") from exc
             return size
 
-    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
-        with self._write_lock:
-            try:
-                conn = self._live(self._write, "_write")
-                conn.execute(
-                    self._q["add_checkpoint"],
-                    (checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.created_ms),
-                )
-            except psycopg.Error as exc:
-                raise StoreError(f"checkpoint write failed: {exc}") from exc
-
-    def get_or_create_subject_key(
-        self, handle: bytes, pseudonym: str, key_id: str, wrapped: bytes
-    ) -> tuple[str, bytes]:
-        with self._write_lock:
-            try:
-                conn = self._live(self._write, "_write")
-                # The INSERT waits for a concurrent insert of the same handle to
-                # commit, so the SELECT (a new snapshot) sees whichever key won.
-                conn.execute(self._q["insert_subject"], (handle, pseudonym, key_id, wrapped))
-                row = conn.execute(self._q["subject"], (handle,)).fetchone()
-            except psycopg.Error as exc:
-                raise StoreError(f"subject key write failed: {exc}") from exc
-        if row is None:
-            raise StoreError("subject key vanished between insert and read")
-        return str(row[0]), bytes(row[1])
-
-    def delete_subject_key(self, handle: bytes) -> bool:
-        with self._write_lock:
-            try:
-                conn = self._live(self._write, "_write")
-                cursor = conn.execute(self._q["delete_subject"], (handle,))
-            except psycopg.Error as exc:
-                raise StoreError(f"subject key delete failed: {exc}") from exc
-            return cursor.rowcount > 0
-
-    def subject_keys_after(self, handle: bytes, limit: int) -> list[tuple[bytes, str, bytes]]:
-        rows = self._all("subjects_after", (handle, limit))
-        return [(bytes(r[0]), str(r[1]), bytes(r[2])) for r in rows]
-
-    def rewrap_subject_key(
-        self, handle: bytes, old_key_id: str, new_key_id: str, wrapped: bytes
-    ) -> bool:
-        with self._write_lock:
-            try:
-                conn = self._live(self._write, "_write")
-                cursor = conn.execute(
-                    self._q["rewrap_subject"], (new_key_id, wrapped, handle, old_key_id)
-                )
-            except psycopg.Error as exc:
-                raise StoreError(f"subject key rewrap failed: {exc}") from exc
-            return cursor.rowcount > 0
-
-    def subject_key_ids(self) -> dict[str, int]:
-        return {str(r[0]): int(r[1]) for r in self._all("subject_key_ids")}
-
     def purge_payloads_before(self, index: int) -> int:
         with self._write_lock:
             try:
@@ -402,91 +292,6 @@ class PostgresAuditStore:
             except psycopg.Error as exc:
                 raise StoreError(f"retention purge failed: {exc}") from exc
             return purged
-
-    # -- reads ---------------------------------------------------------------
-
-    def _all(self, name: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._read_lock:
-            try:
-                conn = self._live(self._read, "_read")
-                return conn.execute(self._q[name], args).fetchall()
-            except psycopg.Error as exc:
-                raise StoreError(f"audit read failed: {exc}") from exc
-
-    def _one(self, name: str, args: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
-        rows = self._all(name, args)
-        return rows[0] if rows else None
-
-    def size(self) -> int:
-        row = self._one("size")
-        return int(row[0]) if row else 0
-
-    def max_index(self) -> int | None:
-        row = self._one("max_index")
-        return None if row is None or row[0] is None else int(row[0])
-
-    def frontier_hashes(self) -> tuple[int, list[bytes]]:
-        row = self._one("head")
-        if row is None:
-            raise StoreError("audit head missing")
-        return int(row[0]), _split(bytes(row[1]))
-
-    def node(self, level: int, index: int) -> bytes:
-        row = self._one("node", (level, index))
-        if row is None:
-            raise StoreError(f"interior node ({level}, {index}) missing")
-        return bytes(row[0])
-
-    def leaf(self, index: int) -> StoredLeaf:
-        row = self._one("leaf", (index,))
-        if row is None:
-            raise StoreError(f"audit record {index} missing")
-        return _leaf(row)
-
-    def index_of(self, request_id: str) -> int | None:
-        row = self._one("index_of", (request_id,))
-        return None if row is None else int(row[0])
-
-    def iter_leaves(self, start: int = 0, end: int | None = None) -> Iterator[StoredLeaf]:
-        stop = self.size() if end is None else end
-        chunk = 5_000
-        # Chunks, not one cursor: the read lock is never held across a yield.
-        for low in range(start, stop, chunk):
-            for row in self._all("leaves", (low, min(low + chunk, stop))):
-                yield _leaf(row)
-
-    def leaves_between(self, from_ms: int, to_ms: int) -> Iterator[StoredLeaf]:
-        for row in self._all("leaves_between", (from_ms, to_ms)):
-            yield _leaf(row)
-
-    def iter_nodes(self) -> Iterator[tuple[int, int, bytes]]:
-        last = (-1, -1)
-        while True:
-            rows = self._all("nodes_after", last)
-            if not rows:
-                return
-            for level, idx, digest in rows:
-                yield int(level), int(idx), bytes(digest)
-            last = (int(rows[-1][0]), int(rows[-1][1]))
-
-    def checkpoints(self) -> list[StoredCheckpoint]:
-        return [_checkpoint(row) for row in self._all("checkpoints")]
-
-    def latest_checkpoint(self) -> StoredCheckpoint | None:
-        row = self._one("latest_checkpoint")
-        return None if row is None else _checkpoint(row)
-
-    def subject_key(self, handle: bytes) -> tuple[str, bytes] | None:
-        row = self._one("subject", (handle,))
-        return None if row is None else (str(row[0]), bytes(row[1]))
-
-    def subject_key_by_pseudonym(self, pseudonym: str) -> tuple[bytes, str, bytes] | None:
-        row = self._one("subject_by_pseudonym", (pseudonym,))
-        return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
-
-    def purged_below(self) -> int:
-        row = self._one("purged_below")
-        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

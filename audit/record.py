@@ -4,7 +4,8 @@ Leaves commit to these bytes. Nothing personal appears in clear: the data
 subject is a keyed pseudonym that dies with the subject's key, and anything
 personal that must be kept is sealed under that key (see audit.subjects).
 Fields that later stages fill (policy bundle, consent, PII counts, inspection,
-variant) are present as null until those stages exist; nothing is invented.
+model variant) are present as null when that stage did not run for the request
+(it was refused first, or its route has no such stage); nothing is invented.
 """
 
 from __future__ import annotations

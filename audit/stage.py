@@ -12,7 +12,7 @@ from audit.record import request_record
 from audit.store import StoreError
 from audit.subjects import SubjectKeyError, SubjectKeys
 from gateway.errors import AuditUnavailable, GatewayError
-from gateway.pipeline import RankQuery, RequestContext
+from gateway.pipeline import RankQuery, RequestContext, SubjectQuery
 
 log = logging.getLogger("gateway.audit")
 
@@ -89,8 +89,9 @@ def _data_subject(payload: Any) -> str | None:
     """The request's data subject: a rank query's user, or a subject route's `data_subject`."""
     if isinstance(payload, RankQuery):
         return payload.user_id
-    subject = getattr(payload, "data_subject", None)
-    return subject if isinstance(subject, str) else None
+    if isinstance(payload, SubjectQuery):
+        return payload.data_subject
+    return None
 
 
 def _summary(stage_result: Any) -> dict[str, Any] | None:
@@ -106,8 +107,7 @@ def _inspection(ctx: RequestContext, error: GatewayError | None) -> dict[str, An
     if ctx.inspection is not None:
         found: dict[str, Any] = ctx.inspection.record()
         return found
-    carried = getattr(error, "inspection", None)
-    return carried if isinstance(carried, dict) else None
+    return error.inspection if error is not None else None
 
 
 async def append_plain(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.store import AuditStore
 from gateway.randomness import POOL
-from security.keyring import (
+from security import (
     LEGACY_AUDIT_KEK_ID,
     KeyProvider,
     KeyringError,

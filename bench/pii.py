@@ -39,6 +39,7 @@ from bench.servers import (
     running,
 )
 from gateway.datadir import init_data_dir
+from gateway.derivation import DerivedKeys
 from privacy.components import shared_analyzer
 from privacy.redaction import RedactionRules, Redactor
 
@@ -314,13 +315,15 @@ def main() -> None:
     samples = labelled_set(args.samples, args.seed, entities)
 
     def blank() -> Redactor:
-        return Redactor(shared_analyzer(None), secret=b"b" * 32, cache_size=10_000)
+        return Redactor(shared_analyzer(None), keys=DerivedKeys(b"b" * 32), cache_size=10_000)
 
     quality_table("blank (offline, pattern + context)", blank, entities, samples)
     if args.ner_model:
 
         def ner() -> Redactor:
-            return Redactor(shared_analyzer(args.ner_model), secret=b"b" * 32, cache_size=10_000)
+            return Redactor(
+                shared_analyzer(args.ner_model), keys=DerivedKeys(b"b" * 32), cache_size=10_000
+            )
 
         quality_table(args.ner_model, ner, entities, samples)
     else:

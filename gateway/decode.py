@@ -22,7 +22,7 @@ from models.ranker import NUMPY_DTYPES, TensorSpec
 M = TypeVar("M", bound=BaseModel)
 
 
-def _require_json(headers: Mapping[str, str]) -> None:
+def require_json(headers: Mapping[str, str]) -> None:
     media = headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
@@ -53,7 +53,7 @@ class RankDecodeStage:
         self._max_context = max_context_chars
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
-        _require_json(ctx.headers)
+        require_json(ctx.headers)
         request = parse_json(RankRequest, ctx.body)
         n = len(request.item_ids)
         if n > self._max_candidates:
@@ -130,7 +130,7 @@ class InferDecodeStage:
         self._max_rows = max_rows
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
-        _require_json(ctx.headers)
+        require_json(ctx.headers)
         request = parse_json(InferRequest, ctx.body)
         names = [item.name for item in request.inputs]
         if len(set(names)) != len(names):

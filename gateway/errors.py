@@ -38,6 +38,8 @@ class GatewayError(Exception):
         # Set by the authorize stage on a denial, so the audit record names the decision.
         self.decided_by: tuple[str, ...] = ()
         self.policy_bundle: str | None = None
+        # Set by stage 5 on a refusal: its verdict, for the audit record only.
+        self.inspection: dict[str, Any] | None = None
 
     @property
     def type_uri(self) -> str:
@@ -157,9 +159,9 @@ class RequestRefused(GatewayError):
     slug = "request-refused"
     title = "Request refused"
 
-    def __init__(self, *, log_cause: str, inspection: Any = None) -> None:
+    def __init__(self, *, log_cause: str, inspection: dict[str, Any] | None = None) -> None:
         super().__init__(None, log_cause=log_cause)
-        self.inspection = inspection  # the verdict, for the audit record only
+        self.inspection = inspection
 
 
 class TooManyRequests(GatewayError):
@@ -169,7 +171,9 @@ class TooManyRequests(GatewayError):
     slug = "rate-limited"
     title = "Too many requests"
 
-    def __init__(self, retry_after_s: float, *, log_cause: str, inspection: Any = None) -> None:
+    def __init__(
+        self, retry_after_s: float, *, log_cause: str, inspection: dict[str, Any] | None = None
+    ) -> None:
         seconds = max(1, math.ceil(retry_after_s))
         super().__init__(
             f"retry after {seconds} s", log_cause=log_cause, headers={"Retry-After": str(seconds)}

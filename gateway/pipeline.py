@@ -1,9 +1,12 @@
 """The request pipeline: numbered stages over an immutable request context.
 
 This module imports no concern package. Concern packages (security, privacy,
-models, policies, audit) import these types and `gateway.errors` only, and each
-contributes stages. A route builds its pipeline once at start-up; later issues
-add stages (consent, redact, inspect, audit) without touching route handlers.
+models, policies, audit) import these types and the rest of the shared core, and
+each contributes stages; `STAGE_MODULES` names where each stage lives. The
+composition root (gateway.wiring) builds each action's pipeline at start-up, and
+the control plane rebuilds them after a model or policy swap; route handlers only
+parse, run a pipeline and serialise. What stages 3-5 leave in the context is typed
+by the protocols below, so no stage reads another's result with `getattr`.
 
 Stage order (DESIGN.md): 0 transport (ASGI middleware), 1 authenticate,
 2 authorize, then the route's `decode` step (the body is parsed only once the
@@ -18,9 +21,48 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, InternalError
+
+
+class Action(StrEnum):
+    """What a request asks to do: the one vocabulary of Cedar, the scope table and routes."""
+
+    RANK = "rank"
+    INFER = "infer"
+    MODEL_READ = "model.read"
+    AUDIT_READ = "audit.read"
+    AUDIT_EXPORT = "audit.export"
+    CONSENT_WRITE = "consent.write"
+    CONSENT_READ = "consent.read"
+    SUBJECT_READ = "subject.read"
+    SUBJECT_ERASE = "subject.erase"
+    ADMIN = "admin"
+
+    @property
+    def scope(self) -> str:
+        """The OAuth scope the action needs (the dev scope engine's whole rule, and the
+        scope an RFC 6750 `insufficient_scope` names when Cedar denies)."""
+        return ACTION_SCOPES[self]
+
+
+ACTION_SCOPES: Mapping[str, str] = MappingProxyType(
+    {
+        Action.RANK: "rank",
+        Action.INFER: "infer",
+        Action.MODEL_READ: "infer",
+        Action.AUDIT_READ: "audit:read",
+        Action.AUDIT_EXPORT: "audit:export",
+        Action.CONSENT_WRITE: "consent:write",
+        Action.CONSENT_READ: "consent:read",
+        Action.SUBJECT_READ: "subject:read",
+        Action.SUBJECT_ERASE: "subject:erase",
+        Action.ADMIN: "admin",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +116,45 @@ class InferQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class SubjectQuery:
+    """The payload of a subject route; `data_subject` lets the audit stage key the record."""
+
+    data_subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class InferResult:
     outputs: Mapping[str, Any]  # output name -> numpy array
+
+
+class ConsentView(Protocol):
+    """Stage 3's decision as later stages and the audit read it (privacy.ConsentDecision)."""
+
+    @property
+    def may_personalize(self) -> bool: ...
+
+    @property
+    def jurisdiction(self) -> str: ...
+
+    def as_audit(self) -> dict[str, Any]: ...
+
+
+class RedactionView(Protocol):
+    """Stage 4's outcome: what was redacted, counted per entity type, never the values."""
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    def as_audit(self) -> dict[str, Any]: ...
+
+
+class InspectionView(Protocol):
+    """Stage 5's verdict (security.inspection.Verdict)."""
+
+    @property
+    def verdict(self) -> str: ...
+
+    def record(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -96,10 +175,10 @@ class RequestContext:
     model: ModelRef | None = None
     result: Any = None
     response: Any = None
-    # Filled by later stages (consent, redact, inspect, audit); None until they exist.
-    consent: Any = None
-    redaction: Any = None
-    inspection: Any = None
+    # Filled by stages 3, 4 and 5; None when the stage did not run for this request.
+    consent: ConsentView | None = None
+    redaction: RedactionView | None = None
+    inspection: InspectionView | None = None
     stage_ms: Mapping[str, float] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> RequestContext:
@@ -162,6 +241,22 @@ STAGE_ORDER = (
     "audit",  # 8 (a final stage)
 )
 
+# Where each stage's code lives (a test checks every module defines a stage of that name).
+STAGE_MODULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "transport": ("gateway.transport",),
+        "authenticate": ("security.authn",),
+        "authorize": ("policies.stage", "policies.scope_stage", "security.inspection.stage"),
+        "decode": ("gateway.decode",),
+        "consent": ("privacy.consent_stage",),
+        "redact": ("privacy.redact_stage",),
+        "inspect": ("security.inspection.stage",),
+        "rank": ("models.stages", "models.variants", "gateway.wiring"),
+        "respond": ("gateway.respond", "gateway.pipeline"),
+        "audit": ("audit.stage",),
+    }
+)
+
 StageObserver = Callable[[str, float], None]
 
 
@@ -189,10 +284,6 @@ class Pipeline:
         positions = [STAGE_ORDER.index(name) for name in names]
         if positions != sorted(positions) or len(set(positions)) != len(positions):
             raise ValueError(f"stages out of order: {names}")
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.stages) + tuple(f.name for f in self.final)
 
     async def run(self, ctx: RequestContext, *, then: Stage | None = None) -> RequestContext:
         """Run the stages, then `then` (a route's own `respond` step) if given, then finals.

@@ -6,7 +6,6 @@ bundle's output policy of the model, on /v1/rank and on OIP infer alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from gateway.pipeline import (
     RequestContext,
 )
 from models.ranker import TensorSpec
+from policies import PolicyReader
 
 # float32 carries ~7 significant digits; more would only print noise.
 SCORE_DECIMALS = 6
@@ -36,8 +36,13 @@ class OutputShape:
     max_k: int | None = None
 
 
-def _full_scores(_model: str) -> OutputShape:
-    return OutputShape()
+def output_shape(policy: PolicyReader, model: str) -> OutputShape:
+    """The model's output policy in the bundle in force (full scores if it names none)."""
+    found = policy.in_force().data.model(model)
+    if found is None:
+        return OutputShape()
+    out = found.output
+    return OutputShape(mode=out.mode, decimals=out.decimals, max_k=out.max_k)
 
 
 def model_object(model: ModelRef) -> dict[str, str]:
@@ -53,14 +58,14 @@ def model_object(model: ModelRef) -> dict[str, str]:
 class RankRespondStage:
     name = "respond"
 
-    def __init__(self, output_for: Callable[[str], OutputShape] = _full_scores) -> None:
-        self._output_for = output_for
+    def __init__(self, policy: PolicyReader) -> None:
+        self._policy = policy
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
         if not isinstance(query, RankQuery) or not isinstance(result, RankResult) or not ctx.model:
             raise InternalError(log_cause="respond stage without a rank result")
-        shape = self._output_for(ctx.model.name)
+        shape = output_shape(self._policy, ctx.model.name)
         scores = np.asarray(result.scores, dtype=np.float64)
         top_k = query.top_k if shape.max_k is None else min(query.top_k, shape.max_k)
         # Stable sort on the negated score: ties keep the client's candidate order.
@@ -110,10 +115,10 @@ class InferRespondStage:
     def __init__(
         self,
         outputs: tuple[TensorSpec, ...],
-        output_for: Callable[[str], OutputShape] = _full_scores,
+        policy: PolicyReader,
     ) -> None:
         self._datatypes = {spec.name: spec.datatype for spec in outputs}
-        self._output_for = output_for
+        self._policy = policy
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
@@ -123,7 +128,7 @@ class InferRespondStage:
             or not ctx.model
         ):
             raise InternalError(log_cause="respond stage without an infer result")
-        shape = self._output_for(ctx.model.name)
+        shape = output_shape(self._policy, ctx.model.name)
         outputs: list[dict[str, Any]] = [
             {
                 "name": name,

@@ -7,6 +7,7 @@ file named by `config_file` / `GATEWAY_CONFIG_FILE`, then defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.derivation import DerivedKeys
 from gateway.errors import ConfigurationError
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "placeholder"})
@@ -240,6 +242,11 @@ class Settings(BaseSettings):
             else:
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @functools.cached_property
+    def derived_keys(self) -> DerivedKeys:
+        """Every key derived from `secret_key`, once per settings object (gateway.derivation)."""
+        return DerivedKeys(self.secret_key.get_secret_value().encode())
 
     @property
     def issuer_url(self) -> str:

@@ -24,7 +24,7 @@ from models.pack import Holdout, PackResult, pack_model
 from models.package_errors import PackError
 from models.package_format import MANIFEST
 from models.stats import FeatureStats, feature_stats
-from security.keyring import KeyProvider
+from security import KeyProvider
 
 _LEGACY_FILES = frozenset({"model.onnx", "model_card.json"})
 

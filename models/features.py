@@ -110,9 +110,6 @@ class FeatureStore:
     def known_user(self, user_id: str) -> bool:
         return user_id in self._user_row
 
-    def known_item(self, item_id: str) -> bool:
-        return item_id in self._item_row
-
     def forget_user(self, user_id: str) -> bool:
         """Erasure: from now on the user is unknown and their row holds cold-start values."""
         row = self._user_row.pop(user_id, None)

@@ -51,7 +51,7 @@ from models.package_format import (
     version_key,
 )
 from models.signing import TrustedSigner, verify_signature
-from security import keyring as kr
+from security import KeyProvider, KeyringError, UnknownKeyError, WrappedKey
 
 NUMERIC_VERSION = re.compile(r"\d{1,9}(\.\d{1,9}){0,7}")
 # A demo-sized model is ~1 MB; a package far above this is a mistake or an attack.
@@ -155,7 +155,7 @@ def verify_package(
     directory: Path,
     *,
     trusted: Iterable[TrustedSigner],
-    keyring: kr.KeyProvider,
+    keyring: KeyProvider,
     policy: PolicyView | None,
     expected: tuple[str, str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -183,13 +183,13 @@ def verify_package(
     # 3. unwrap the data key.
     dek_id = str(_field(manifest, "encryption", "dek_id"))
     try:
-        wrapped = kr.WrappedKey.from_json(json.loads(wrapped_raw))
+        wrapped = WrappedKey.from_json(json.loads(wrapped_raw))
         dek = keyring.unwrap(wrapped, dek_aad(name, version, dek_id))
     except ValueError:
         raise UnwrapError(f"{WRAPPED_DEK} is not JSON") from None
-    except kr.UnknownKeyError as exc:
+    except UnknownKeyError as exc:
         raise KeyUnavailableError(f"data key of {name} {version}: {exc}") from None
-    except kr.KeyringError as exc:
+    except KeyringError as exc:
         raise UnwrapError(f"data key of {name} {version}: {exc}") from None
 
     # 4. decrypt in memory.

@@ -37,7 +37,7 @@ from models.package_format import (
 )
 from models.signing import sign_package
 from models.stats import FeatureStats
-from security.keyring import KeyProvider, KeyringError
+from security import KeyProvider, KeyringError
 
 Quantizer = Callable[[bytes], bytes]
 Holdout = tuple[dict[str, np.ndarray], np.ndarray]

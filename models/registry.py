@@ -26,7 +26,7 @@ from models.package_errors import PackageUnreadableError, SessionError
 from models.package_format import NAME_PATTERN, version_key
 from models.ranker import _ORT_INPUT_ERRORS, Ranker
 from models.signing import TrustedSigner
-from security.keyring import KeyProvider
+from security import KeyProvider
 
 log = logging.getLogger("gateway.models")
 

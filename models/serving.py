@@ -1,40 +1,67 @@
-"""Wiring between the settings, the policy bundle and the model registry.
+"""What the gateway serves: the model registry, the primary version, and why anything is
+not served.
 
-`open_models` is what the app factory calls: it opens the keyring, builds the
-registry and loads every version the gateway must serve (the configured one,
-plus each A/B variant and the shadow version of the bundle). A version that
-fails to load is reported not-ready with its typed reason; nothing else is
-served in its place.
+`Serving` is the one owner of that state. It opens the keyring and the registry,
+loads every version the gateway must serve (the configured one, plus each A/B
+variant and the shadow version of the bundle), activates versions, applies a new
+policy to the loaded versions, and derives readiness: a list of typed `NotReady`
+records, computed from the refusals it saw and the registry's state, never kept
+by hand. A version that fails to load is reported with its loader step; nothing
+else is served in its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gateway.errors import ConfigurationError
+from gateway.errors import ConfigurationError, InvalidRequest, NotFound
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from models.features import FeatureStore
 from models.loader import PolicyView, check_policy
 from models.package_errors import ModelPackageError, PolicyRefusedError
 from models.ranker import Ranker
 from models.registry import LoadedModel, ModelRegistry
 from models.signing import TrustedSigner, parse_public_key, read_public_keys
-from security.keyring import keyring_from_settings
-
-if TYPE_CHECKING:
-    from policies.data_policy import DataPolicy
+from policies import DataPolicy, PolicyInForce, PolicyReader
+from security import keyring_from_settings
 
 log = logging.getLogger("gateway.models")
 
-ActivePolicy = Callable[[], "DataPolicy | None"]
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """One reason the gateway is not ready: which model version, at which loader step."""
+
+    name: str
+    version: str | None  # None: the model as a whole (start-up failed, primary refused)
+    step: str  # the loader step (read, signature, policy, ...), or "start"
+    error: str  # the error class, or a one-line reason at start
+    detail: str = ""  # for the log and the refusing stage's log cause, never the client
+
+    @property
+    def key(self) -> str:
+        return "model" if self.version is None else f"model:{self.name}@{self.version}"
+
+    @property
+    def public(self) -> str:
+        """What `/readyz` shows: step and error class; paths and details stay in the log."""
+        return self.error if self.step == "start" else f"{self.step}: {self.error}"
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.public}" + (f" ({self.detail})" if self.detail else "")
 
 
-def trusted_signers(settings: Settings, policy: ActivePolicy) -> Callable[[], list[TrustedSigner]]:
+def _refusal(name: str, version: str, exc: ModelPackageError) -> NotReady:
+    return NotReady(name, version, str(exc.step), type(exc).__name__, str(exc))
+
+
+def trusted_signers(settings: Settings, policy: PolicyReader) -> Callable[[], list[TrustedSigner]]:
     """Config keys, the key file written by init, and the bundle's model_signers (re-read)."""
     cfg = settings.packages
     fixed: list[TrustedSigner] = []
@@ -47,37 +74,26 @@ def trusted_signers(settings: Settings, policy: ActivePolicy) -> Callable[[], li
         raise ConfigurationError(f"trusted model-signing keys: {exc}") from exc
 
     def current() -> list[TrustedSigner]:
-        data = policy()
-        bundle = (
-            []
-            if data is None
-            else [parse_public_key(s.public_key, f"policy:{s.name}") for s in data.model_signers]
-        )
-        return [*fixed, *bundle]
+        signers = policy.in_force().data.model_signers
+        return [*fixed, *(parse_public_key(s.public_key, f"policy:{s.name}") for s in signers)]
 
     return current
 
 
-def policy_view(policy: ActivePolicy) -> Callable[[], PolicyView | None]:
-    def current() -> PolicyView | None:
-        data = policy()
-        if data is None:
-            return None
-        allowed = frozenset(n for n, m in data.models.items() if not m.blocked)
+def policy_view(data: DataPolicy) -> PolicyView:
+    allowed = frozenset(n for n, m in data.models.items() if not m.blocked)
 
-        def minimum(name: str) -> str | None:
-            found = data.model(name)
-            return None if found is None else found.min_version
+    def minimum(name: str) -> str | None:
+        found = data.model(name)
+        return None if found is None else found.min_version
 
-        return PolicyView(allowed_names=allowed, min_version=minimum)
-
-    return current
+    return PolicyView(allowed_names=allowed, min_version=minimum)
 
 
-def wanted_versions(settings: Settings, data: DataPolicy | None) -> list[str]:
+def wanted_versions(settings: Settings, data: DataPolicy) -> list[str]:
     """The configured version first, then the bundle's variants and shadow version."""
     versions = [settings.model.version]
-    model = None if data is None else data.model(settings.model.name)
+    model = data.model(settings.model.name)
     if model is not None:
         versions += [v.version for v in model.variants]
         if model.shadow_version is not None:
@@ -85,94 +101,176 @@ def wanted_versions(settings: Settings, data: DataPolicy | None) -> list[str]:
     return list(dict.fromkeys(versions))
 
 
-@dataclass
-class OpenedModels:
-    registry: ModelRegistry
-    not_ready: dict[str, str] = field(default_factory=dict)
+class Serving:
+    """The served model's registry, primary version and readiness (see the module doc)."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        registry: ModelRegistry | None,
+        features: FeatureStore | None,
+        start_error: NotReady | None = None,
+    ) -> None:
+        self._settings = settings
+        self.name = settings.model.name
+        self._metrics = metrics
+        self._registry = registry
+        self.features = features
+        self._start_error = start_error
+        self._refused: dict[str, NotReady] = {}  # version -> why it was refused
+        self._primary_refused: NotReady | None = None  # the policy refuses the primary
 
-def not_ready_key(name: str, version: str) -> str:
-    return f"model:{name}@{version}"
+    # -- what is served ----------------------------------------------------------------
 
+    @property
+    def ranker(self) -> Ranker | None:
+        """The primary version's ranker; None while none is loaded or the policy refuses it."""
+        primary = self.primary()
+        return primary.ranker if primary is not None else None
 
-def open_models(
-    settings: Settings,
-    make_ranker: Callable[[str, str, bytes], Ranker],
-    policy: ActivePolicy,
-) -> OpenedModels:
-    cfg = settings.model
-    registry = ModelRegistry(
-        settings.resolve(settings.packages.directory),
-        trusted=trusted_signers(settings, policy),
-        keyring=keyring_from_settings(settings),
-        policy=policy_view(policy),
-        make_ranker=make_ranker,
-        max_bytes=settings.packages.max_package_bytes,
-        retire_grace_s=settings.limits.request_timeout_s + 1,
-    )
-    opened = OpenedModels(registry)
-    if settings.packages.unsafe_allow_plaintext_model:
-        log.warning(
-            "UNSAFE: serving the plaintext, unsigned model %s (packages."
-            "unsafe_allow_plaintext_model, dev mode only)",
-            settings.resolve(cfg.path),
-        )
-        path = settings.resolve(cfg.path)
-        try:
-            ranker = make_ranker(cfg.name, cfg.version, Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            opened.not_ready[not_ready_key(cfg.name, cfg.version)] = f"plaintext model: {exc}"
-            return opened
-        registry.adopt(LoadedModel(ranker, None))
-        registry.activate(cfg.name, cfg.version)
-        return opened
-    for version in wanted_versions(settings, policy()):
-        try:
-            registry.load(cfg.name, version)
-        except ModelPackageError as exc:
-            reason = f"{exc.step}: {type(exc).__name__}: {exc}"
-            opened.not_ready[not_ready_key(cfg.name, version)] = reason
-            log.error("model %s %s refused at step %s: %s", cfg.name, version, exc.step, exc)
-    if registry.get(cfg.name, cfg.version) is not None:
-        registry.activate(cfg.name, cfg.version)
-    return opened
+    def primary(self) -> LoadedModel | None:
+        if self._registry is None or self._primary_refused is not None:
+            return None
+        return self._registry.primary(self.name)
 
+    def loaded(self) -> list[LoadedModel]:
+        return self._registry.loaded() if self._registry is not None else []
 
-async def load_missing_versions(
-    registry: ModelRegistry, settings: Settings, data: DataPolicy | None, not_ready: dict[str, str]
-) -> None:
-    """After a policy reload: load the arms and shadow the new bundle names (not primary),
-    and stop serving loaded versions the new bundle refuses (a raised `min_version` is
-    anti-rollback now, not at the next restart). A refused primary sets
-    `not_ready["model"]`: the caller rebuilds the pipelines so they refuse."""
-    name = settings.model.name
-    view = policy_view(lambda: data)()
-    for loaded in registry.loaded():
-        try:
-            check_policy(loaded.name, loaded.version, view)
-        except PolicyRefusedError as exc:
-            reason = f"{exc.step}: {type(exc).__name__}: {exc}"
-            not_ready[not_ready_key(loaded.name, loaded.version)] = reason
-            log.error("model %s %s refused by the new policy: %s", loaded.name, loaded.version, exc)
-            if registry.primary(loaded.name) is loaded:
-                not_ready["model"] = reason
-            elif (old := registry.unload(loaded.name, loaded.version)) is not None:
-                registry.retire(old, registry.retire_grace_s)
-    wanted = wanted_versions(settings, data)
-    for key in [k for k in not_ready if k.startswith(f"model:{name}@")]:
-        version = key.split("@", 1)[1]
-        if version not in wanted and registry.get(name, version) is None:
-            del not_ready[key]  # the bundle no longer asks for that version
-    for version in wanted:
-        if registry.get(name, version) is not None:
-            continue
-        try:
-            await asyncio.to_thread(registry.load, name, version)
-        except ModelPackageError as exc:
-            not_ready[not_ready_key(name, version)] = f"{exc.step}: {type(exc).__name__}: {exc}"
-            log.error("model %s %s refused at step %s: %s", name, version, exc.step, exc)
+    def registry(self, name: str) -> ModelRegistry:
+        """The registry, for operators acting on model `name` (404 if not served here)."""
+        if self._registry is None:
+            raise NotFound("model packages are not in use")
+        if name != self.name:
+            raise NotFound(f"model '{name}' is not served here")
+        return self._registry
+
+    # -- readiness (derived) -----------------------------------------------------------
+
+    def not_ready(self) -> list[NotReady]:
+        found = list(self._refused.values())
+        if self._start_error is not None:
+            found.append(self._start_error)
+        elif self._primary_refused is not None:
+            found.append(dataclasses.replace(self._primary_refused, version=None))
+        elif self.primary() is None and not found:
+            version = self._settings.model.version
+            found.append(NotReady(self.name, None, "start", "NotLoaded", f"{version} not loaded"))
+        return found
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready()
+
+    def observe(self) -> None:
+        """Publish readiness to the `model_ready` gauge."""
+        self._metrics.model_ready.labels(self.name).set(1 if self.ready else 0)
+
+    def fail_start(self, reason: NotReady) -> None:
+        self._start_error = reason
+        self.observe()
+
+    # -- changes (called by the control plane and at start) ----------------------------
+
+    def load_wanted(self, data: DataPolicy) -> None:
+        """At start: load every wanted version (blocking), activate the configured one."""
+        registry = self._registry
+        if registry is None:
+            self.observe()
+            return
+        for version in wanted_versions(self._settings, data):
+            try:
+                registry.load(self.name, version)
+            except ModelPackageError as exc:
+                self._refused[version] = _refusal(self.name, version, exc)
+                log.error("model %s %s refused at step %s: %s", self.name, version, exc.step, exc)
+        if registry.get(self.name, self._settings.model.version) is not None:
+            registry.activate(self.name, self._settings.model.version)
+        self.observe()
+
+    def adopt_plaintext(self, ranker: Ranker | None, error: str | None) -> None:
+        """The unsafe dev path: a plain .onnx file served unsigned (or why it failed)."""
+        version = self._settings.model.version
+        if ranker is None or self._registry is None:
+            self._refused[version] = NotReady(self.name, version, "plaintext model", error or "")
         else:
-            not_ready.pop(not_ready_key(name, version), None)
+            self._registry.adopt(LoadedModel(ranker, None))
+            self._registry.activate(self.name, version)
+        self.observe()
+
+    async def load(self, name: str, version: str, *, activate: bool) -> LoadedModel:
+        """Verify, decrypt and load a package off the loop; if asked, make it primary.
+
+        A refused package changes nothing (InvalidRequest names the loader step)."""
+        registry = self.registry(name)
+        try:
+            loaded = await asyncio.to_thread(registry.load, name, version)
+        except ModelPackageError as exc:
+            log.error("hot load of %s %s refused at step %s: %s", name, version, exc.step, exc)
+            raise InvalidRequest(
+                f"model package refused at step {exc.step}: {type(exc).__name__}",
+                log_cause=str(exc),
+            ) from None
+        # From here to the end nothing awaits: the swap is one step for every request,
+        # and of two concurrent loads the one that finishes last is primary.
+        self._refused.pop(version, None)
+        if activate:
+            previous = registry.activate(name, version)
+            self._primary_refused = None
+            self._refused.pop(self._settings.model.version, None)
+            if previous is not None and registry.get(name, previous.version) is not previous:
+                # Replaced by a reload of the same version: nobody new can reach it.
+                registry.retire(previous, registry.retire_grace_s)
+            log.info("model %s %s is now primary", name, version)
+        self.observe()
+        return loaded
+
+    async def apply_policy(self, data: DataPolicy) -> None:
+        """After a policy swap: stop serving loaded versions the new bundle refuses (a raised
+        `min_version` is anti-rollback now, not at the next restart), and load the arms and
+        shadow it names (not primary). A refused primary makes the model not ready."""
+        registry = self._registry
+        if registry is None:
+            return
+        view = policy_view(data)
+        for loaded in registry.loaded():
+            try:
+                check_policy(loaded.name, loaded.version, view)
+            except PolicyRefusedError as exc:
+                refusal = _refusal(loaded.name, loaded.version, exc)
+                self._refused[loaded.version] = refusal
+                log.error(
+                    "model %s %s refused by the new policy: %s", loaded.name, loaded.version, exc
+                )
+                if registry.primary(loaded.name) is loaded:
+                    self._primary_refused = refusal
+                elif (old := registry.unload(loaded.name, loaded.version)) is not None:
+                    registry.retire(old, registry.retire_grace_s)
+        wanted = wanted_versions(self._settings, data)
+        for version in list(self._refused):
+            if version not in wanted and registry.get(self.name, version) is None:
+                del self._refused[version]  # the bundle no longer asks for that version
+        for version in wanted:
+            if registry.get(self.name, version) is not None:
+                continue
+            try:
+                await asyncio.to_thread(registry.load, self.name, version)
+            except ModelPackageError as exc:
+                self._refused[version] = _refusal(self.name, version, exc)
+                log.error("model %s %s refused at step %s: %s", self.name, version, exc.step, exc)
+            else:
+                self._refused.pop(version, None)
+        self.observe()
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+
+
+def _start_failure(name: str, exc: Exception) -> NotReady:
+    log.error("model %s not loaded: %s", name, exc)
+    return NotReady(name, None, "start", type(exc).__name__, str(exc))
 
 
 def inference_observer(metrics: Metrics, name: str) -> Callable[[float, int], None]:
@@ -183,3 +281,74 @@ def inference_observer(metrics: Metrics, name: str) -> Callable[[float, int], No
         rows.observe(n)
 
     return observe
+
+
+def open_registry(
+    settings: Settings, policy: PolicyReader, make_ranker: Callable[[str, str, bytes], Ranker]
+) -> ModelRegistry:
+    """A registry that checks packages against the policy in force (the gateway, the CLI)."""
+    return ModelRegistry(
+        settings.resolve(settings.packages.directory),
+        trusted=trusted_signers(settings, policy),
+        keyring=keyring_from_settings(settings),
+        policy=lambda: policy_view(policy.in_force().data),
+        make_ranker=make_ranker,
+        max_bytes=settings.packages.max_package_bytes,
+        retire_grace_s=settings.limits.request_timeout_s + 1,
+    )
+
+
+def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) -> Serving:
+    """Open the keyring, the registry and the feature store, and load what must be served.
+
+    Never raises for a model that cannot be served: the gateway starts not-ready and
+    `/readyz` says why (nothing else is served in its place)."""
+    cfg = settings.model
+    observe = inference_observer(metrics, cfg.name)
+
+    def make_ranker(name: str, version: str, model_bytes: bytes) -> Ranker:
+        return Ranker(
+            name=name,
+            version=version,
+            model_bytes=model_bytes,
+            intra_op_threads=cfg.intra_op_threads,
+            inference_threads=cfg.inference_threads,
+            graph_optimization_level=cfg.graph_optimization_level,
+            observe=observe,
+        )
+
+    try:
+        registry = open_registry(settings, policy, make_ranker)
+    except (ConfigurationError, OSError, ValueError) as exc:
+        serving = Serving(
+            settings,
+            metrics,
+            registry=None,
+            features=None,
+            start_error=_start_failure(cfg.name, exc),
+        )
+        serving.load_wanted(policy.in_force().data)
+        return serving
+    serving = Serving(settings, metrics, registry=registry, features=None)
+    if settings.packages.unsafe_allow_plaintext_model:
+        path = settings.resolve(cfg.path)
+        log.warning(
+            "UNSAFE: serving the plaintext, unsigned model %s (packages."
+            "unsafe_allow_plaintext_model, dev mode only)",
+            path,
+        )
+        try:
+            serving.adopt_plaintext(
+                make_ranker(cfg.name, cfg.version, Path(path).read_bytes()), None
+            )
+        except (OSError, ValueError) as exc:
+            log.error("plaintext model %s not loaded: %s", path, exc)
+            serving.adopt_plaintext(None, type(exc).__name__)
+    else:
+        serving.load_wanted(policy.in_force().data)
+    try:
+        serving.features = FeatureStore.load(settings.resolve(cfg.features_path))
+    except (ConfigurationError, OSError, ValueError) as exc:
+        serving.fail_start(_start_failure(cfg.name, exc))
+    serving.observe()
+    return serving

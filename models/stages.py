@@ -32,7 +32,7 @@ class RankStage:
         # the neutral user "" (never a stored id) gets the cold-start row: popularity only.
         # No verdict at all is no basis (fail closed). The store's profiles belong to one
         # tenant: another tenant's user of the same id is someone else.
-        personal = getattr(ctx.consent, "may_personalize", False) is True
+        personal = ctx.consent is not None and ctx.consent.may_personalize is True
         tenant = ctx.principal.tenant if ctx.principal is not None else None
         if tenant != self._features_tenant:
             personal = False

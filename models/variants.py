@@ -26,14 +26,13 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.errors import GatewayError, InternalError, ModelNotReady
 from gateway.metrics import CachedLabels
 from gateway.pipeline import RankQuery, RankResult, RequestContext, Stage
 from models.registry import LoadedModel, ModelRegistry
+from policies import PolicyReader
 
 log = logging.getLogger("gateway.models.variants")
 
@@ -48,14 +47,7 @@ class Variant(Protocol):
     def weight(self) -> float: ...
 
 
-VariantsFor = Callable[[str], tuple[tuple[Variant, ...], str | None]]
 StageFor = Callable[[LoadedModel], Stage]
-
-
-def variant_salt(secret_key: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway-ab-assignment"
-    ).derive(secret_key)
 
 
 def variant_label(index: int) -> str:
@@ -119,14 +111,14 @@ class VariantRankStage:
         registry: ModelRegistry,
         *,
         stage_for: StageFor,
-        variants_for: VariantsFor,
+        policy: PolicyReader,
         salt: bytes,
         metrics: VariantMetrics,
     ) -> None:
         self._model = model
         self._registry = registry
         self._stage_for = stage_for
-        self._variants_for = variants_for
+        self._policy = policy
         self._salt = salt
         self._metrics = metrics
         self._served = CachedLabels(metrics.served)
@@ -140,8 +132,12 @@ class VariantRankStage:
             self._stages[id(loaded)] = found
         return found[1]
 
-    def _choose(self, user_id: str) -> tuple[LoadedModel, str | None]:
-        variants, _shadow = self._variants_for(self._model)
+    def _arms(self) -> tuple[Sequence[Variant], str | None]:
+        """The A/B arms and the shadow version the bundle in force names for the model."""
+        policy = self._policy.in_force().data.model(self._model)
+        return (policy.variants, policy.shadow_version) if policy is not None else ((), None)
+
+    def _choose(self, user_id: str, variants: Sequence[Variant]) -> tuple[LoadedModel, str | None]:
         label: str | None = None
         if len(variants) > 1:
             index = assign(self._salt, self._model, user_id, variants)
@@ -162,8 +158,8 @@ class VariantRankStage:
         query = ctx.payload
         if not isinstance(query, RankQuery):
             raise InternalError(log_cause="variant stage got no RankQuery")
-        chosen, label = self._choose(query.user_id)
-        _variants, shadow_version = self._variants_for(self._model)
+        variants, shadow_version = self._arms()  # one read: arms and shadow from one bundle
+        chosen, label = self._choose(query.user_id, variants)
         run_primary = self._stage(chosen)(ctx)
         if shadow_version is not None and shadow_version != chosen.version:
             # Both run at once: the shadow adds no latency beyond the slower of the two.

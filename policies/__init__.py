@@ -4,5 +4,34 @@
 refuses anything malformed with ``policies.errors.PolicyError``; its ``engine``
 (``policies.cedar_engine.CedarEngine``) answers stage 2 (authorize), and its ``data``
 (``policies.data_policy.DataPolicy``) drives the later stages. The default bundle lives
-in ``policies/bundles/default/``.
+in ``policies/bundles/default/``. The gateway reads the bundle in force through
+``policies.in_force.PolicyInForce`` (``PolicyManager``, or ``ScopeTablePolicy`` in dev mode).
 """
+
+from policies.data_policy import (
+    ConsentPolicy,
+    DataPolicy,
+    DetectionPolicy,
+    JurisdictionPolicy,
+    Jurisdictions,
+    ModelPolicy,
+    RedactionPolicy,
+    Variant,
+)
+from policies.in_force import InForce, PolicyInForce, PolicyReader, ReloadResult
+
+# The package's interface to the other concern packages (and the composition root).
+__all__ = [
+    "ConsentPolicy",
+    "DataPolicy",
+    "DetectionPolicy",
+    "InForce",
+    "JurisdictionPolicy",
+    "Jurisdictions",
+    "ModelPolicy",
+    "PolicyInForce",
+    "PolicyReader",
+    "RedactionPolicy",
+    "ReloadResult",
+    "Variant",
+]

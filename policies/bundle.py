@@ -38,6 +38,7 @@ from policies.data_policy import DataPolicy
 from policies.errors import PolicyError
 from policies.manifest import Manifest
 from policies.test_cases import CaseFile, LoadedCase
+from policies.testing import run_tests
 from policies.vocabulary import NAMESPACE
 from policies.yaml_source import line_of, load_model
 
@@ -232,8 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_bundle(Path(args.dir))  # never pack a bundle that does not load
             print(pack_bundle(Path(args.dir), Path(args.out)))
         else:
-            from policies.testing import run_tests  # testing imports bundle: import late
-
             report = run_tests(load_bundle(Path(args.path)))
             print(report.render())
             return 0 if report.passed else 1

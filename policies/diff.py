@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gateway.pipeline import ACTION_SCOPES
 from policies.bundle import PolicyBundle
 from policies.cedar_engine import AttrValue, AuthzRequest, Decision
 from policies.test_cases import LoadedCase
-from policies.vocabulary import ACTION_SCOPES
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,23 +15,19 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.metrics import Metrics
+from gateway.pipeline import Stage
 from policies.bundle import PolicyBundle, load_bundle
 from policies.cedar_engine import AuthzRequest, Decision
 from policies.errors import PolicyError
+from policies.in_force import InForce, ReloadResult
 from policies.signing import verify_bundle_signature
+from policies.stage import PolicyAuthorizeStage
 from policies.testing import run_tests
 
 log = logging.getLogger("gateway.policy")
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    swapped: bool
-    bundle: PolicyBundle
-    error: str | None = None
 
 
 ReloadListener = Callable[[ReloadResult, PolicyBundle | None], None]
@@ -48,6 +44,10 @@ def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class PolicyManager:
+    """The bundle in force and its reloads (implements policies.in_force.PolicyInForce)."""
+
+    reloadable = True
+
     def __init__(
         self,
         path: Path,
@@ -63,8 +63,40 @@ class PolicyManager:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.shadow: PolicyBundle | None = None
-        self.active = self.check(path)  # the first bundle must be good: no fallback exists
+        self._active = self.check(path)  # the first bundle must be good: no fallback exists
+        self._in_force = InForce(self._active.data, self._active.content_hash)
         self._fingerprint = fingerprint(path)
+
+    @property
+    def active(self) -> PolicyBundle:
+        return self._active
+
+    @active.setter
+    def active(self, bundle: PolicyBundle) -> None:
+        # Both in one step for readers: a request sees the old pair or the new one.
+        self._in_force = InForce(bundle.data, bundle.content_hash)
+        self._active = bundle
+
+    def in_force(self) -> InForce:
+        return self._in_force
+
+    def authorize_stage(self, model_name: str, model_version: str) -> Stage:
+        return PolicyAuthorizeStage(self, model_name=model_name, model_version=model_version)
+
+    def observe(self, metrics: Metrics) -> None:
+        metrics.observe_policy(self._active)
+
+    def readiness(self) -> dict[str, object]:
+        bundle = self._active
+        return {
+            "policy": {
+                "name": bundle.name,
+                "version": bundle.version,
+                "hash": bundle.content_hash,
+                "last_reload_error": self.last_error,
+                "shadow": self.shadow.content_hash if self.shadow else None,
+            }
+        }
 
     def check(self, path: Path) -> PolicyBundle:
         """Load, verify and test a bundle; PolicyError says what is wrong."""

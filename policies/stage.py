@@ -2,52 +2,48 @@
 
 from __future__ import annotations
 
-from gateway.errors import Forbidden, InsufficientScope, InternalError
-from gateway.pipeline import RequestContext
-from policies.cedar_engine import AuthzRequest
-from policies.manager import PolicyManager
-from policies.vocabulary import ACTION_SCOPES
+from typing import TYPE_CHECKING, Protocol
 
-# What each action is about: the served model, the audit log.
-_RESOURCES = {
-    "rank": "Model",
-    "infer": "Model",
-    "model.read": "Model",
-    "audit.read": "AuditLog",
-    "audit.export": "AuditLog",
-    "admin": "AuditLog",
-    "consent.write": "Subject",
-    "consent.read": "Subject",
-    "subject.read": "Subject",
-    "subject.erase": "Subject",
-}
-# Subject actions are decided per tenant, not per subject id (the id is personal data).
-_RESOURCE_IDS = {"AuditLog": "log", "Subject": "subjects"}
+from gateway.errors import Forbidden, InsufficientScope, InternalError
+from gateway.pipeline import ACTION_SCOPES, RequestContext
+from policies.cedar_engine import AuthzRequest, Decision
+from policies.vocabulary import RESOURCE_IDS, RESOURCE_OF
+
+if TYPE_CHECKING:
+    from policies.bundle import PolicyBundle
+
+
+class Decider(Protocol):
+    """Decides with the bundle in force (policies.manager.PolicyManager)."""
+
+    def decide(
+        self, request: AuthzRequest, model: tuple[str, str] | None = None
+    ) -> tuple[Decision, PolicyBundle]: ...
 
 
 class PolicyAuthorizeStage:
     name = "authorize"
 
-    def __init__(self, manager: PolicyManager, *, model_name: str, model_version: str) -> None:
-        self._manager = manager
+    def __init__(self, decider: Decider, *, model_name: str, model_version: str) -> None:
+        self._decider = decider
         self._model = (model_name, model_version)
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         principal = ctx.principal
         if principal is None:
             raise InternalError(log_cause="authorize ran before authenticate")
-        resource_type = _RESOURCES.get(ctx.action)
+        resource_type = RESOURCE_OF.get(ctx.action)
         if resource_type is None:
             raise InternalError(log_cause=f"no resource mapped for action {ctx.action!r}")
         model = self._model if resource_type == "Model" else None
-        decision, bundle = self._manager.decide(
+        decision, bundle = self._decider.decide(
             AuthzRequest(
                 client_id=principal.client_id,
                 scopes=principal.scopes,
                 tenant=principal.tenant,
                 action=ctx.action,
                 resource_type=resource_type,
-                resource_id=self._model[0] if model else _RESOURCE_IDS[resource_type],
+                resource_id=self._model[0] if model else RESOURCE_IDS[resource_type],
             ),
             model,
         )

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from policies.bundle import PolicyBundle
-from policies.cedar_engine import Decision
+from policies.cedar_engine import CedarEngine, Decision
 from policies.test_cases import LoadedCase
+
+
+class BundleUnderTest(Protocol):
+    """What the test runner reads of a bundle (policies.bundle.PolicyBundle); a protocol,
+    so the loader can run a bundle's tests without the two modules importing each other."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def engine(self) -> CedarEngine: ...
+
+    @property
+    def tests(self) -> Sequence[LoadedCase]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +65,7 @@ class TestReport:
         return "\n".join(lines)
 
 
-def check_case(bundle: PolicyBundle, loaded: LoadedCase) -> CaseFailure | None:
+def check_case(bundle: BundleUnderTest, loaded: LoadedCase) -> CaseFailure | None:
     """The failure of one case, or None when the decision matches the expectation."""
     case = loaded.case
     got = bundle.engine.decide_uncached(case.authz_request())
@@ -67,7 +85,7 @@ def check_case(bundle: PolicyBundle, loaded: LoadedCase) -> CaseFailure | None:
     )
 
 
-def run_tests(bundle: PolicyBundle) -> TestReport:
+def run_tests(bundle: BundleUnderTest) -> TestReport:
     failures = [f for c in bundle.tests if (f := check_case(bundle, c)) is not None]
     return TestReport(
         bundle=f"{bundle.name}@{bundle.version}", total=len(bundle.tests), failures=tuple(failures)

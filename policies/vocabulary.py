@@ -1,28 +1,33 @@
-"""The actions the gateway asks Cedar about, and the scope each one needed before Cedar.
-
-The default bundle reproduces this table exactly; ``diff`` and tests use it to build
-requests. Keeping it here (not in the gateway) lets the bundle tooling run alone.
+"""What the gateway asks Cedar about: the actions (`gateway.pipeline.Action`, one
+vocabulary for Cedar, the scope table and the routes), the resource each one is
+about, and the Cedar namespace. The default bundle reproduces the scope table exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
-ACTION_SCOPES = MappingProxyType(
+from gateway.pipeline import ACTION_SCOPES, Action
+
+__all__ = ["ACTION_SCOPES", "NAMESPACE", "RESOURCE_IDS", "RESOURCE_OF", "Action"]
+
+NAMESPACE = "Gateway"
+
+# What each action is about: the served model, the audit log, the tenant's subjects.
+RESOURCE_OF: Mapping[str, str] = MappingProxyType(
     {
-        "rank": "rank",
-        "infer": "infer",
-        "model.read": "infer",
-        "audit.read": "audit:read",
-        "audit.export": "audit:export",
-        "consent.write": "consent:write",
-        "consent.read": "consent:read",
-        "subject.read": "subject:read",
-        "subject.erase": "subject:erase",
-        "admin": "admin",
+        Action.RANK: "Model",
+        Action.INFER: "Model",
+        Action.MODEL_READ: "Model",
+        Action.AUDIT_READ: "AuditLog",
+        Action.AUDIT_EXPORT: "AuditLog",
+        Action.ADMIN: "AuditLog",
+        Action.CONSENT_WRITE: "Subject",
+        Action.CONSENT_READ: "Subject",
+        Action.SUBJECT_READ: "Subject",
+        Action.SUBJECT_ERASE: "Subject",
     }
 )
-
-ACTIONS: tuple[str, ...] = tuple(ACTION_SCOPES)
-RESOURCE_TYPES: tuple[str, ...] = ("Model", "AuditLog", "Subject")
-NAMESPACE = "Gateway"
+# Subject actions are decided per tenant, not per subject id (the id is personal data).
+RESOURCE_IDS: Mapping[str, str] = MappingProxyType({"AuditLog": "log", "Subject": "subjects"})

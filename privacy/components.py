@@ -9,12 +9,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from audit.log import AuditLog
+from audit import AuditLog
 from gateway.errors import ConfigurationError
 from gateway.pipeline import Stage
 from gateway.settings import Settings
-from models.features import FeatureStore
-from policies.data_policy import DataPolicy
+from models import FeatureStore
+from policies import DataPolicy, PolicyInForce
 from privacy.consent_stage import ConsentStage
 from privacy.consent_store import (
     ConsentStore,
@@ -30,9 +30,6 @@ from privacy.subjects import SubjectService
 
 log = logging.getLogger("gateway.privacy")
 
-PolicySource = Callable[[], tuple[DataPolicy | None, str]]
-
-
 @functools.cache
 def shared_analyzer(ner_model: str | None) -> OfflineAnalyzer:
     """One analyzer per process and NER model: building it costs seconds, and it holds no
@@ -44,21 +41,19 @@ def shared_analyzer(ner_model: str | None) -> OfflineAnalyzer:
 
 def open_consent_store(settings: Settings) -> ConsentStore:
     cfg = settings.privacy
-    secret = settings.secret_key.get_secret_value().encode()
+    keys = settings.derived_keys
     try:
         if cfg.consent_postgres_dsn is not None:
             return PostgresConsentStore(
-                cfg.consent_postgres_dsn.get_secret_value(), cfg.consent_postgres_schema, secret
+                cfg.consent_postgres_dsn.get_secret_value(), cfg.consent_postgres_schema, keys
             )
-        return SqliteConsentStore(settings.resolve(cfg.consent_sqlite_path), secret)
+        return SqliteConsentStore(settings.resolve(cfg.consent_sqlite_path), keys)
     except ConsentStoreError as exc:
         raise ConfigurationError(str(exc)) from exc
 
 
-def undetectable(analyzer: OfflineAnalyzer, data: DataPolicy | None) -> dict[str, list[str]]:
+def undetectable(analyzer: OfflineAnalyzer, data: DataPolicy) -> dict[str, list[str]]:
     """Entities a jurisdiction asks for that this engine cannot detect (e.g. PERSON, no NER)."""
-    if data is None:
-        return {}
     found: dict[str, list[str]] = {}
     for region in ("default", "eu", "california"):
         wanted = data.jurisdictions.for_region(region).pii_entities
@@ -75,13 +70,13 @@ class Privacy:
     executor: ThreadPoolExecutor
     consent: ConsentStore
     subjects: SubjectService
-    policy: PolicySource
+    policy: PolicyInForce
     model_name: str
     timeout_s: float
 
     def rank_stages(self) -> tuple[Stage, ...]:
         return (
-            ConsentStage(self.consent, lambda: self.policy()[0], model_name=self.model_name),
+            ConsentStage(self.consent, self.policy, model_name=self.model_name),
             self.redact_stage(),
         )
 
@@ -95,7 +90,7 @@ class Privacy:
         return {
             **describe(self.analyzer),
             "consent_store": self.consent.kind,
-            "undetectable": undetectable(self.analyzer, self.policy()[0]),
+            "undetectable": undetectable(self.analyzer, self.policy.in_force().data),
         }
 
     def close(self) -> None:
@@ -127,14 +122,13 @@ def subject_service(
 def open_privacy(
     settings: Settings,
     *,
-    policy: PolicySource,
+    policy: PolicyInForce,
     audit: AuditLog | None,
     features: FeatureStore | None,
     clock: Callable[[], float] = time.time,
 ) -> Privacy:
     cfg = settings.privacy
     analyzer = shared_analyzer(cfg.ner_model)
-    secret = settings.secret_key.get_secret_value().encode()
     consent = open_consent_store(settings)
     if features is not None:
         features_path = settings.resolve(settings.model.features_path)
@@ -147,7 +141,7 @@ def open_privacy(
             )
             if n:
                 log.warning("re-applied %d feature-store erasure(s) at start-up", n)
-    missing = undetectable(analyzer, policy()[0])
+    missing = undetectable(analyzer, policy.in_force().data)
     if missing:
         # Loud, not fatal: the default bundle's EU set names PERSON and LOCATION, which
         # only an installed NER package detects; until then they pass unredacted.
@@ -158,7 +152,9 @@ def open_privacy(
         )
     return Privacy(
         analyzer=analyzer,
-        redactor=Redactor(analyzer, secret=secret, cache_size=cfg.redaction_cache_size),
+        redactor=Redactor(
+            analyzer, keys=settings.derived_keys, cache_size=cfg.redaction_cache_size
+        ),
         executor=ThreadPoolExecutor(cfg.redaction_threads, thread_name_prefix="pii"),
         consent=consent,
         subjects=subject_service(settings, consent, audit=audit, features=features, clock=clock),

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.pipeline import RankQuery, RequestContext
-from policies.data_policy import ConsentPolicy, DataPolicy
+from policies import ConsentPolicy, PolicyReader
 from privacy.consent_store import (
     JURISDICTIONS,
     PURPOSES,
@@ -128,30 +128,27 @@ def decide(
     )
 
 
-_FALLBACK_POLICY = ConsentPolicy()
-
-
 class ConsentStage:
     name = "consent"
 
     def __init__(
         self,
         store: ConsentStore,
-        data_policy: Callable[[], DataPolicy | None],
+        policy: PolicyReader,
         *,
         model_name: str,
     ) -> None:
         self._store = store
-        self._data_policy = data_policy
+        self._policy = policy
         self._model = model_name
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query = ctx.payload
         if not isinstance(query, RankQuery):
             return ctx  # no data subject in this request (OIP tensors, admin...)
-        data = self._data_policy()
-        policy = data.consent if data is not None else _FALLBACK_POLICY
-        model = data.model(self._model) if data is not None else None
+        data = self._policy.in_force().data
+        policy = data.consent
+        model = data.model(self._model)
         needed = model.purposes if model is not None else ("personalization",)
         tenant = ctx.principal.tenant if ctx.principal else None
         store_ok = True

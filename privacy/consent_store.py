@@ -31,11 +31,10 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from gateway.derivation import DerivedKeys, Purpose
+
 PURPOSES = ("personalization", "analytics", "sale_share")
-LAWFUL_BASES = ("consent", "legitimate_interest", "contract", "legal_obligation")
 JURISDICTIONS = ("eu", "california", "default")
-_HANDLE_INFO = b"gateway-consent-handle-v1"
-_FEATURE_INFO = b"gateway-feature-erasure-v1"
 
 
 class ConsentStoreError(Exception):
@@ -56,10 +55,6 @@ class ConsentEntry:
         return asdict(self)
 
 
-def handle_key(secret: bytes) -> bytes:
-    return hmac.new(secret, _HANDLE_INFO, hashlib.sha256).digest()
-
-
 class ConsentStore:
     """Backend-neutral logic; subclasses provide `_execute` and `_transaction`."""
 
@@ -68,9 +63,9 @@ class ConsentStore:
     # consent stage then reads on the event loop instead of paying a thread hop.
     inline_reads: bool = False
 
-    def __init__(self, secret: bytes) -> None:
-        self._handle_key = handle_key(secret)
-        self._feature_key = hmac.new(secret, _FEATURE_INFO, hashlib.sha256).digest()
+    def __init__(self, keys: DerivedKeys) -> None:
+        self._handle_key = keys[Purpose.CONSENT_HANDLE]
+        self._feature_key = keys[Purpose.FEATURE_ERASURE]
 
     def handle(self, tenant: str | None, subject_id: str) -> bytes:
         message = (tenant or "").encode() + b"\x00" + subject_id.encode()
@@ -220,8 +215,8 @@ class SqliteConsentStore(ConsentStore):
     inline_reads = True
     CACHE_SIZE = 65_536
 
-    def __init__(self, path: Path, secret: bytes) -> None:
-        super().__init__(secret)
+    def __init__(self, path: Path, keys: DerivedKeys) -> None:
+        super().__init__(keys)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -341,8 +336,8 @@ CREATE TRIGGER consent_erasures_no_truncate BEFORE TRUNCATE ON {schema}.consent_
 class PostgresConsentStore(ConsentStore):
     kind = "postgres"
 
-    def __init__(self, dsn: str, schema: str, secret: bytes) -> None:
-        super().__init__(secret)
+    def __init__(self, dsn: str, schema: str, keys: DerivedKeys) -> None:
+        super().__init__(keys)
         self._lock = threading.Lock()
         self._schema = schema
         try:

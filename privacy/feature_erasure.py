@@ -20,8 +20,6 @@ must forget too is retrained. The OIP endpoint takes raw row indices by design.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from models.features import FeatureStore, digest_arrays, load_arrays
+from gateway.files import replace_private
+from models import FeatureStore, digest_arrays, load_arrays
 
 _LOCK = threading.Lock()
 
@@ -50,21 +49,7 @@ def erase_rows(path: Path, user_ids: Iterable[str]) -> int:
             features[row] = features[0]
         fresh: dict[str, Any] = {**arrays, "user_ids": ids, "user_features": features}
         fresh["digest"] = np.array(digest_arrays(fresh), dtype=np.str_)
-        fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, allow_pickle=False, **fresh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_private(path, lambda fh: np.savez(fh, allow_pickle=False, **fresh))
         return len(rows)
 
 

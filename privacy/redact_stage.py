@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gateway.pipeline import InferQuery, RankQuery, RequestContext
-from policies.data_policy import DataPolicy, RedactionPolicy
+from policies import DataPolicy, PolicyReader, RedactionPolicy
 from privacy.errors import RedactionUnavailable
 from privacy.redaction import Redacted, RedactionRules, Redactor
 
@@ -47,9 +47,7 @@ class RedactionOutcome:
         return {"counts": dict(self.counts), "jurisdiction": self.jurisdiction}
 
 
-def rules_for(data: DataPolicy | None, jurisdiction: str, fingerprint: str) -> RedactionRules:
-    if data is None:
-        return RedactionRules(entities=frozenset(), fingerprint=fingerprint)
+def rules_for(data: DataPolicy, jurisdiction: str, fingerprint: str) -> RedactionRules:
     region = data.jurisdictions.for_region(jurisdiction)
     return RedactionRules(
         entities=frozenset(region.pii_entities),
@@ -72,7 +70,7 @@ class RedactStage:
     def __init__(
         self,
         redactor: Redactor,
-        policy: Callable[[], tuple[DataPolicy | None, str]],
+        policy: PolicyReader,
         *,
         timeout_s: float,
         executor: ThreadPoolExecutor,
@@ -85,8 +83,9 @@ class RedactStage:
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query = ctx.payload
-        data, bundle_hash = self._policy()
-        jurisdiction = getattr(ctx.consent, "jurisdiction", None) or "default"
+        in_force = self._policy.in_force()
+        data, bundle_hash = in_force.data, in_force.content_hash
+        jurisdiction = (ctx.consent.jurisdiction if ctx.consent is not None else None) or "default"
         rules = self._rules.get((bundle_hash, jurisdiction))
         if rules is None:
             rules = rules_for(data, jurisdiction, bundle_hash)
@@ -95,7 +94,7 @@ class RedactStage:
             self._rules[(bundle_hash, jurisdiction)] = rules
         tenant = ctx.principal.tenant if ctx.principal else None
         if isinstance(query, RankQuery):
-            fields = _rank_fields(data.redaction if data is not None else RedactionPolicy())
+            fields = _rank_fields(data.redaction)
             texts = {k: v for k, v in query.context.items() if k in fields and v.strip()}
             if not texts:
                 return ctx.evolve(redaction=RedactionOutcome({}, jurisdiction, 0))

@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 
 from presidio_analyzer import RecognizerResult
 
+from gateway.derivation import DerivedKeys, Purpose
 from privacy.nlp import LANGUAGE, OfflineAnalyzer
 
 MASK_KEEP = 4
-_PSEUDONYM_INFO = b"gateway-pii-pseudonym-v1\x00"
-_CACHE_INFO = b"gateway-pii-cache-v1\x00"
 
 
 @dataclass(frozen=True)
@@ -109,10 +108,10 @@ def _select(findings: list[RecognizerResult], rules: RedactionRules) -> list[Rec
 
 
 class Redactor:
-    def __init__(self, analyzer: OfflineAnalyzer, *, secret: bytes, cache_size: int) -> None:
+    def __init__(self, analyzer: OfflineAnalyzer, *, keys: DerivedKeys, cache_size: int) -> None:
         self.analyzer = analyzer
-        self._pseudonym_root = hmac.new(secret, _PSEUDONYM_INFO, hashlib.sha256).digest()
-        self._cache_key = hmac.new(secret, _CACHE_INFO, hashlib.sha256).digest()
+        self._pseudonym_root = keys[Purpose.PII_PSEUDONYM]
+        self._cache_key = keys[Purpose.PII_CACHE]
         self._cache: OrderedDict[bytes, Redacted] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()

@@ -20,29 +20,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from audit.appender import AppendFailed
-from audit.export import subject_pseudonym
-from audit.log import AuditLog
-from audit.record import RecordError, parse
-from audit.store import StoreError
-from audit.subjects import SubjectKeyError
+from audit import (
+    AppendFailed,
+    AuditLog,
+    RecordError,
+    StoreError,
+    SubjectKeyError,
+    parse,
+    subject_pseudonym,
+)
 from gateway.errors import AuditUnavailable
-from models.features import FeatureStore
+from models import FeatureStore
 from privacy.consent_store import ConsentStore, ConsentStoreError
 from privacy.errors import ConsentUnavailable
 from privacy.feature_erasure import erase_user
-
-
-@dataclass(frozen=True)
-class SubjectQuery:
-    """The payload of a subject route; `data_subject` lets the audit stage key the record."""
-
-    data_subject: str | None
 
 
 class SubjectService:

@@ -4,4 +4,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_env "dev,eval"
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

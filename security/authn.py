@@ -56,14 +56,14 @@ class IssuerTrust:
 class TokenCache:
     """Bounded LRU of verified principals, keyed by an HMAC of the raw token."""
 
-    def __init__(self, secret: bytes, max_size: int, clock: Clock) -> None:
-        self._secret = secret
+    def __init__(self, key: bytes, max_size: int, clock: Clock) -> None:
+        self._key = key  # gateway.derivation.Purpose.TOKEN_CACHE
         self._max = max_size
         self._clock = clock
         self._entries: OrderedDict[bytes, Principal] = OrderedDict()
 
     def key(self, token: str) -> bytes:
-        return hmac.new(self._secret, token.encode(), hashlib.sha256).digest()
+        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
 
     def get(self, key: bytes) -> Principal | None:
         principal = self._entries.get(key)

@@ -72,6 +72,8 @@ def public_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
 
 
 class EmbeddedIssuer:
+    enabled = True
+
     def __init__(
         self,
         settings: IssuerSettings,
@@ -94,6 +96,9 @@ class EmbeddedIssuer:
     @property
     def kid(self) -> str:
         return self._jwk["kid"]
+
+    def check_enabled(self) -> None:
+        """The routes' guard (security.trust.DisabledIssuer raises 404 here)."""
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [dict(self._jwk)]}

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.files import sync_directory, write_private
+from gateway.files import replace_private, write_private
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -183,11 +183,8 @@ class LocalKeyring:
             {"id": k.id, "created": k.created, "state": k.state} for k in self._keys.values()
         ]
         text = json.dumps({"version": 1, "keys": entries}, indent=2) + "\n"
-        # Written via a temp file and rename: a crash never leaves a half-written state.
-        tmp = self.state_file.with_name(f".{STATE_FILE}.{secrets.token_hex(4)}")
-        write_private(tmp, text.encode())
-        os.replace(tmp, self.state_file)
-        sync_directory(self.state_file.parent)
+        # Replaced in one step: a crash never leaves a half-written state.
+        replace_private(self.state_file, text.encode())
         self._stamp = self._state_stamp()
 
     def entries(self) -> list[KekInfo]:

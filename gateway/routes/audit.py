@@ -19,9 +19,9 @@ from starlette.responses import Response, StreamingResponse
 from audit.export import ExportError, ExportFilter, iter_bundle, parse_time_ms, subject_pseudonym
 from audit.log import AuditLog, CheckpointRefused
 from audit.store import StoredCheckpoint, StoreError
-from gateway.app import components_of
+from gateway.components import components_of
 from gateway.errors import AuditUnavailable, InternalError, InvalidRequest, NotFound
-from gateway.pipeline import RequestContext, Respond
+from gateway.pipeline import Action, RequestContext, Respond
 from gateway.routes._json import json_response
 
 router = APIRouter(prefix="/v1/audit")
@@ -37,16 +37,14 @@ def _b64(raw: bytes) -> str:
 Work = Callable[[AuditLog, frozenset[str]], Awaitable[Response]]
 
 
-async def _audited(request: Request, action: str, work: Work) -> Response:
+async def _audited(request: Request, action: Action, work: Work) -> Response:
     """Authorize `action`, then do the route's work as the pipeline's respond stage,
     so the audit record of this request carries the status the client really gets."""
     components = components_of(request)
 
     async def step(ctx: RequestContext) -> Response:
-        if components.audit is None:
-            raise NotFound("the audit log is disabled")
         scopes = ctx.principal.scopes if ctx.principal else frozenset()
-        return await work(components.audit, scopes)
+        return await work(components.audit_log(), scopes)
 
     ctx = await components.pipeline(action).run(
         components.context(request, action), then=Respond(step)
@@ -90,7 +88,7 @@ async def checkpoint(request: Request) -> Response:
         latest = await _checkpoint_covering(audit_log, 0)
         return Response(latest.note, media_type=NOTE_MEDIA_TYPE)
 
-    return await _audited(request, "audit.read", work)
+    return await _audited(request, Action.AUDIT_READ, work)
 
 
 @router.post("/checkpoint", summary="Publish a checkpoint now (admin)")
@@ -100,7 +98,7 @@ async def publish(request: Request) -> Response:
         latest = await _checkpoint_covering(audit_log, size)
         return Response(latest.note, media_type=NOTE_MEDIA_TYPE)
 
-    return await _audited(request, "admin", work)
+    return await _audited(request, Action.ADMIN, work)
 
 
 @router.get("/records/{request_id}", summary="A record by request id (audit:read)")
@@ -119,7 +117,7 @@ async def record(request: Request, request_id: str) -> Response:
             body["record"] = await _off_loop(audit_log.open_record, leaf.payload, unseal=unseal)
         return json_response(body)
 
-    return await _audited(request, "audit.read", work)
+    return await _audited(request, Action.AUDIT_READ, work)
 
 
 @router.get("/proofs/inclusion", summary="Inclusion proof for a record (audit:read)")
@@ -149,7 +147,7 @@ async def inclusion(request: Request) -> Response:
             }
         )
 
-    return await _audited(request, "audit.read", work)
+    return await _audited(request, Action.AUDIT_READ, work)
 
 
 @router.get("/proofs/consistency", summary="Consistency proof between two sizes (audit:read)")
@@ -164,7 +162,7 @@ async def consistency(request: Request) -> Response:
         proof = await _off_loop(audit_log.consistency, first, second)
         return json_response({"first": first, "second": second, "proof": [_b64(h) for h in proof]})
 
-    return await _audited(request, "audit.read", work)
+    return await _audited(request, Action.AUDIT_READ, work)
 
 
 @router.get("/export", summary="Compliance bundle, streamed zip (audit:export)")
@@ -201,7 +199,7 @@ async def export(request: Request) -> Response:
             },
         )
 
-    return await _audited(request, "audit.export", work)
+    return await _audited(request, Action.AUDIT_EXPORT, work)
 
 
 def _time_param(request: Request, name: str) -> int:

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.app import components_of
+from gateway.components import components_of
 from gateway.routes._json import json_response
 
 router = APIRouter()
@@ -21,36 +21,25 @@ async def healthz() -> Response:
 @router.get("/readyz", summary="Readiness: model loaded, keys present")
 async def readyz(request: Request) -> Response:
     components = components_of(request)
+    ranker = components.serving.ranker
     checks: dict[str, object] = {
-        "issuer": "enabled" if components.issuer is not None else "disabled",
-        "model": "ok" if components.ranker is not None else "not loaded",
+        "issuer": "enabled" if components.issuer.enabled else "disabled",
+        "model": "ok" if ranker is not None else "not loaded",
     }
-    if components.ranker is not None:
-        checks["model_version"] = components.ranker.ref.version
-        checks["model_digest"] = f"sha256:{components.ranker.ref.digest}"
-        package = components.ranker.ref.package_digest
+    if ranker is not None:
+        checks["model_version"] = ranker.ref.version
+        checks["model_digest"] = f"sha256:{ranker.ref.digest}"
+        package = ranker.ref.package_digest
         checks["package_digest"] = f"sha256:{package}" if package else "unpackaged"
-    if components.not_ready:
+    not_ready = components.serving.not_ready()
+    if not_ready:
         # Which model version was refused and at which loader step (operators only see this).
-        # Step and error class only: paths and details are in the log.
-        checks["not_ready"] = {
-            k: ":".join(v.split(":")[:2]) for k, v in components.not_ready.items()
-        }
-    if components.policy is not None:
-        bundle = components.policy.active
-        checks["policy"] = {
-            "name": bundle.name,
-            "version": bundle.version,
-            "hash": bundle.content_hash,
-            "last_reload_error": components.policy.last_error,
-            "shadow": components.policy.shadow.content_hash if components.policy.shadow else None,
-        }
-    if components.privacy is not None:
-        checks["privacy"] = components.privacy.describe()
-    ready = not components.not_ready
+        checks["not_ready"] = {record.key: record.public for record in not_ready}
+    checks.update(components.policy.readiness())
+    checks["privacy"] = components.privacy.describe()
     return json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
+        {"status": "not ready" if not_ready else "ready", "checks": checks},
+        status=503 if not_ready else 200,
     )
 
 

@@ -8,19 +8,17 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from audit.stage import append_plain
-from gateway.app import components_of
-from gateway.errors import InspectionUnavailable, NotFound, OAuthError, TooManyRequests
+from gateway.components import components_of
+from gateway.errors import InspectionUnavailable, OAuthError, TooManyRequests
 from gateway.routes._json import json_response
-from security.issuer import EmbeddedIssuer
+from security.trust import TokenIssuer
 
 router = APIRouter()
 
 
-def _issuer(request: Request) -> EmbeddedIssuer:
+def _issuer(request: Request) -> TokenIssuer:
     issuer = components_of(request).issuer
-    if issuer is None:
-        raise NotFound("the embedded token issuer is disabled")
+    issuer.check_enabled()  # 404 while the embedded issuer is disabled
     return issuer
 
 
@@ -40,23 +38,22 @@ def source_key(host: str) -> str:
 async def token(request: Request) -> Response:
     issuer = _issuer(request)
     limiter = components_of(request).inspection
-    if limiter is not None:
-        try:
-            # Before the body is read or a secret hashed (scrypt is slow on purpose).
-            await limiter.limit_token_endpoint(
-                source_key(request.client.host if request.client else "-")
-            )
-        except TooManyRequests as exc:
-            await _audit_token(request, None, exc.status, exc.slug)
-            return json_response(
-                {"error": "slow_down", "error_description": "too many token requests"},
-                status=exc.status,
-                headers={**exc.headers, "Cache-Control": "no-store"},
-            )
-        except InspectionUnavailable as exc:
-            # The limiter's shared state is down: refuse (fail closed), and on record.
-            await _audit_token(request, None, exc.status, exc.slug)
-            raise
+    try:
+        # Before the body is read or a secret hashed (scrypt is slow on purpose).
+        await limiter.limit_token_endpoint(
+            source_key(request.client.host if request.client else "-")
+        )
+    except TooManyRequests as exc:
+        await _audit_token(request, None, exc.status, exc.slug)
+        return json_response(
+            {"error": "slow_down", "error_description": "too many token requests"},
+            status=exc.status,
+            headers={**exc.headers, "Cache-Control": "no-store"},
+        )
+    except InspectionUnavailable as exc:
+        # The limiter's shared state is down: refuse (fail closed), and on record.
+        await _audit_token(request, None, exc.status, exc.slug)
+        raise
     try:
         client_id, body = await issuer.token_endpoint(await request.body(), request.headers)
     except OAuthError as exc:
@@ -69,12 +66,7 @@ async def token(request: Request) -> Response:
 
 
 async def _audit_token(request: Request, client_id: str | None, status: int, outcome: str) -> None:
-    components = components_of(request)
-    if components.audit is None:
-        return
-    await append_plain(
-        components.audit,
-        components.clock,
+    await components_of(request).record_plain(
         request_id=request.scope["state"]["request_id"],
         route="/oauth/token",
         action="token.issue",

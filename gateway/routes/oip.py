@@ -10,9 +10,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.app import Components, components_of
+from gateway.components import Components, components_of
 from gateway.errors import ModelNotReady, NotFound
-from gateway.pipeline import RequestContext, Respond
+from gateway.pipeline import Action, RequestContext, Respond
 from gateway.routes._json import json_response
 
 router = APIRouter(prefix="/v2")
@@ -26,7 +26,8 @@ def _missing_model(components: Components, name: str, version: str | None) -> No
     if name != model.name:
         return NotFound(f"model '{name}' is not served here")
     # OIP serves the primary version, which an admin hot swap may have changed.
-    served = components.ranker.ref.version if components.ranker is not None else model.version
+    ranker = components.serving.ranker
+    served = ranker.ref.version if ranker is not None else model.version
     if version not in (None, served):
         return NotFound(f"model '{name}' has no version '{version}'")
     return None
@@ -51,7 +52,7 @@ async def live() -> Response:
 @router.get("/health/ready", summary="OIP server readiness")
 async def ready(request: Request) -> Response:
     components = components_of(request)
-    is_ready = not components.not_ready
+    is_ready = components.serving.ready
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
@@ -60,10 +61,10 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
 
     async def describe(_ctx: RequestContext) -> dict[str, object]:
         _check_model(components, name, version)
-        ranker = components.ranker
+        ranker = components.serving.ranker
         if ranker is None:
             raise ModelNotReady("the model is not loaded")
-        loaded = components.models.loaded() if components.models is not None else []
+        loaded = components.serving.loaded()
         versions = [m.version for m in loaded if m.name == ranker.ref.name]
         package = ranker.ref.package_digest
         return {
@@ -79,8 +80,8 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
             },
         }
 
-    ctx = await components.pipeline("model.read").run(
-        components.context(request, "model.read"), then=Respond(describe)
+    ctx = await components.pipeline(Action.MODEL_READ).run(
+        components.context(request, Action.MODEL_READ), then=Respond(describe)
     )
     return json_response(ctx.response)
 
@@ -100,10 +101,10 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
 
     async def readiness(_ctx: RequestContext) -> bool:
         _check_model(components, name, version)
-        return components.ranker is not None
+        return components.serving.ranker is not None
 
-    ctx = await components.pipeline("model.read").run(
-        components.context(request, "model.read"), then=Respond(readiness)
+    ctx = await components.pipeline(Action.MODEL_READ).run(
+        components.context(request, Action.MODEL_READ), then=Respond(readiness)
     )
     return json_response({"name": name, "ready": ctx.response}, status=200 if ctx.response else 503)
 
@@ -126,13 +127,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         async def refuse(_ctx: RequestContext) -> None:
             raise missing
 
-        await components.pipeline("model.read").run(
-            components.context(request, "infer"), then=Respond(refuse)
+        await components.pipeline(Action.MODEL_READ).run(
+            components.context(request, Action.INFER), then=Respond(refuse)
         )
-    ctx = components.context(request, "infer", await request.body())
-    ctx = await components.pipeline("infer").run(ctx)
-    inspection = components.inspection
-    headers = inspection.verdict_headers(ctx.inspection) if inspection else None
+    ctx = components.context(request, Action.INFER, await request.body())
+    ctx = await components.pipeline(Action.INFER).run(ctx)
+    headers = components.inspection.verdict_headers(ctx.inspection)
     return json_response(ctx.response, headers=headers)
 
 

@@ -23,14 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.app import Components, components_of
-from gateway.decode import _require_json, parse_json
-from gateway.errors import InvalidRequest, NotFound
-from gateway.pipeline import RequestContext
+from gateway.components import components_of
+from gateway.decode import parse_json, require_json
+from gateway.errors import InvalidRequest
+from gateway.pipeline import Action, RequestContext, SubjectQuery
 from gateway.routes._json import json_response
 from privacy.consent_store import ConsentEntry, ConsentStoreError
 from privacy.errors import ConsentUnavailable
-from privacy.subjects import SubjectQuery, SubjectService
+from privacy.subjects import SubjectService
 
 router = APIRouter()
 
@@ -80,15 +80,9 @@ def _checked(subject_id: str) -> str:
     return subject_id
 
 
-def _service(c: Components) -> SubjectService:
-    if c.privacy is None:
-        raise NotFound("privacy features are not configured")
-    return c.privacy.subjects
-
-
 async def _run(
     request: Request,
-    action: str,
+    action: Action,
     subject: str | None,
     work: Callable[[RequestContext, SubjectService], Awaitable[Response]],
     body: bytes = b"",
@@ -96,7 +90,7 @@ async def _run(
     c = components_of(request)
 
     async def step(ctx: RequestContext) -> Response:
-        return await work(ctx, _service(c))
+        return await work(ctx, c.privacy.subjects)
 
     ctx = await c.pipeline(action).run(
         c.context(request, action, body), then=_SubjectRespond(subject, step)
@@ -115,7 +109,7 @@ async def put_consent(request: Request, subject_id: str) -> Response:
     c = components_of(request)
 
     async def work(ctx: RequestContext, service: SubjectService) -> Response:
-        _require_json(ctx.headers)
+        require_json(ctx.headers)
         update = parse_json(ConsentUpdate, ctx.body)
         purposes = [i.purpose for i in update.consents]
         if len(set(purposes)) != len(purposes):
@@ -141,7 +135,7 @@ async def put_consent(request: Request, subject_id: str) -> Response:
             raise ConsentUnavailable(log_cause=f"consent store: {exc}") from exc
         return json_response(_consent_body(subject, current))
 
-    return await _run(request, "consent.write", subject, work, await request.body())
+    return await _run(request, Action.CONSENT_WRITE, subject, work, await request.body())
 
 
 @router.get("/v1/subjects/{subject_id}/consent", summary="Current consent (consent:read)")
@@ -158,7 +152,7 @@ async def get_consent(request: Request, subject_id: str) -> Response:
         body["history"] = [e.as_json() for e in history]
         return json_response(body)
 
-    return await _run(request, "consent.read", subject, work)
+    return await _run(request, Action.CONSENT_READ, subject, work)
 
 
 @router.get("/v1/subjects/{subject_id}/export", summary="Data-subject access (subject:read)")
@@ -168,7 +162,7 @@ async def export(request: Request, subject_id: str) -> Response:
     async def work(ctx: RequestContext, service: SubjectService) -> Response:
         return json_response(await service.export(_tenant(ctx), subject))
 
-    return await _run(request, "subject.read", subject, work)
+    return await _run(request, Action.SUBJECT_READ, subject, work)
 
 
 @router.delete("/v1/subjects/{subject_id}", summary="Erase a data subject (subject:erase)")
@@ -181,7 +175,7 @@ async def erase(request: Request, subject_id: str) -> Response:
     # The erasure request's own record names no subject: keying it would mint a new
     # subject key right after the old one was destroyed. The log's erasure event
     # carries the old pseudonym.
-    return await _run(request, "subject.erase", None, work)
+    return await _run(request, Action.SUBJECT_ERASE, None, work)
 
 
 @router.get("/.well-known/gpc.json", summary="Global Privacy Control support resource")

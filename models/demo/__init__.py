@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigurationError
+from gateway.files import replace_private
 
 MODEL_NAME = "demo-ranker"
 MODEL_VERSION = "1"
@@ -65,15 +64,7 @@ class DemoInstall:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_private(path, data)
 
 
 def _store_digest(path: Path) -> str | None:

@@ -12,8 +12,6 @@ in the last bit between CPUs).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.files import replace_private
 from models.demo.data import DemoData
 from models.features import STORE_ARRAYS, digest_arrays
 
@@ -122,15 +121,7 @@ def build_tables(data: DemoData) -> FeatureTables:
 def write_feature_store(path: Path, tables: FeatureTables) -> str:
     """Write the tables to one .npz (no pickled objects) atomically; return the digest."""
     digest = tables.digest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # allow_pickle=False makes numpy refuse, not pickle, anything non-plain.
-            arrays: dict[str, Any] = {"digest": np.array(digest, dtype=np.str_), **tables.arrays()}
-            np.savez(fh, allow_pickle=False, **arrays)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    arrays: dict[str, Any] = {"digest": np.array(digest, dtype=np.str_), **tables.arrays()}
+    # allow_pickle=False makes numpy refuse, not pickle, anything non-plain.
+    replace_private(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
     return digest

@@ -25,7 +25,6 @@ OPSET = 17
 # IR 8 is what opset 17 shipped with; any onnxruntime that runs opset 17 loads it.
 IR_VERSION = 8
 
-INPUT_NAMES = ("user_id", "item_id", "user_features", "item_features")
 OUTPUT_NAME = "score"
 
 # Weight names the builder expects, with their shapes in terms of the

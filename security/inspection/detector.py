@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.data_policy import DetectionPolicy
+from policies import DetectionPolicy
 from security.inspection.bounds import Bounds
 from security.inspection.fingerprint import RECORD, STEP, Fingerprinter
 from security.inspection.state import DetectorState
-
-SIGNALS = ("out_of_range", "near_duplicates", "extraction_rate", "cooldown")
 
 
 @dataclass(frozen=True, slots=True)

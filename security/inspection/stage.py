@@ -25,7 +25,7 @@ from gateway.errors import (
     TooManyRequests,
 )
 from gateway.pipeline import InferQuery, Principal, RankQuery, RequestContext, Stage
-from policies.data_policy import DataPolicy
+from policies import PolicyReader
 from security.inspection.budget import Budgets
 from security.inspection.detector import Detector, Observation
 from security.inspection.metrics import InspectionMetrics
@@ -34,7 +34,6 @@ from security.inspection.state import StateUnavailableError
 
 log = logging.getLogger("gateway.inspection")
 
-PolicySource = Callable[[], DataPolicy]
 Clock = Callable[[], float]
 
 
@@ -83,7 +82,7 @@ class RateLimitedAuthorize:
         self,
         inner: Stage,
         limiter: RateLimiter,
-        policy: PolicySource,
+        policy: PolicyReader,
         metrics: InspectionMetrics,
         clock: Clock,
     ) -> None:
@@ -97,7 +96,7 @@ class RateLimitedAuthorize:
         principal = ctx.principal
         if principal is None:
             raise InternalError(log_cause="rate limit before authentication")
-        rates = self._policy().rate_limits
+        rates = self._policy.in_force().data.rate_limits
         await enforce_rate(
             self._limiter,
             "c:" + client_key(principal),
@@ -137,7 +136,7 @@ class InspectStage:
         self,
         detector: Detector | None,
         budgets: Budgets,
-        policy: PolicySource,
+        policy: PolicyReader,
         metrics: InspectionMetrics,
         clock: Clock,
     ) -> None:
@@ -158,7 +157,7 @@ class InspectStage:
         principal, query = ctx.principal, ctx.payload
         if principal is None or not isinstance(query, InferQuery | RankQuery):
             raise InternalError(log_cause="inspect stage without a decoded query")
-        data = self._policy()
+        data = self._policy.in_force().data
         now = self._clock()
         key = client_key(principal)
         rows = _rows(query)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.derivation import Purpose
 from gateway.errors import ConfigurationError
-from gateway.pipeline import Stage
+from gateway.pipeline import InspectionView, Stage
 from gateway.settings import Settings
-from models.features import load_arrays
-from policies.data_policy import DataPolicy
+from models import load_arrays
+from policies import PolicyReader
 from security.inspection.bounds import Bounds
 from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
 from security.inspection.detector import Detector
@@ -34,7 +34,6 @@ TABLE_OF = {
     "item_features": ("item_id", "item_features"),
 }
 
-PolicySource = Callable[[], DataPolicy]
 Clock = Callable[[], float]
 
 
@@ -45,7 +44,7 @@ class Inspection:
     state: DetectorState
     detector: Detector | None
     metrics: InspectionMetrics
-    policy: PolicySource
+    policy: PolicyReader
     clock: Clock
     expose_verdict: bool
     redis: Any = None
@@ -58,7 +57,7 @@ class Inspection:
 
     async def limit_token_endpoint(self, source: str) -> None:
         """/oauth/token per source address, before the body is read or a secret hashed."""
-        rates = self.policy().rate_limits
+        rates = self.policy.in_force().data.rate_limits
         await enforce_rate(
             self.limiter,
             "t:" + source,
@@ -74,19 +73,15 @@ class Inspection:
         if self.detector is not None:
             self.detector.fingerprinter.forget("user_id", row)
 
-    def verdict_headers(self, inspection: Any) -> dict[str, str]:
+    def verdict_headers(self, inspection: InspectionView | None) -> dict[str, str]:
         if not self.expose_verdict:
             return {}
-        verdict = getattr(inspection, "verdict", "allow")
-        return {"X-Inspection-Verdict": str(verdict)}
+        verdict = inspection.verdict if inspection is not None else "allow"
+        return {"X-Inspection-Verdict": verdict}
 
     async def aclose(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
-
-
-def _secret(settings: Settings) -> bytes:
-    return hashlib.sha256(b"inspection|" + settings.secret_key.get_secret_value().encode()).digest()
 
 
 def build_detector(
@@ -113,7 +108,7 @@ def build_detector(
         stats = feature_stats_from_tables(arrays["user_features"], arrays["item_features"])
     fingerprinter = Fingerprinter(
         stats,
-        secret=_secret(settings),
+        secret=settings.derived_keys[Purpose.INSPECTION],
         feature_inputs=FEATURE_INPUTS,
         id_inputs=ID_INPUTS,
         tables=tables,
@@ -124,7 +119,7 @@ def build_detector(
 
 def build_inspection(
     settings: Settings,
-    policy: PolicySource,
+    policy: PolicyReader,
     registry: Any,
     clock: Clock,
     *,
@@ -173,13 +168,3 @@ def build_inspection(
         expose_verdict=cfg.expose_verdict,
         redis=redis,
     )
-
-
-def policy_source(manager: Any) -> PolicySource:
-    """The bundle in force at each call; without a policy engine (dev), the defaults."""
-    if manager is not None:
-        return lambda: manager.active.data
-    from policies.data_policy import JurisdictionPolicy, Jurisdictions
-
-    defaults = DataPolicy(models={}, jurisdictions=Jurisdictions(default=JurisdictionPolicy()))
-    return lambda: defaults

@@ -92,7 +92,7 @@ def test_allowed_and_refused_requests_are_each_recorded_once(
     denied = record_for(app_client, cases[2][0].headers["x-request-id"])
     assert denied["policy_bundle"] == bundle_hash
     assert ok["model"]["name"] == "demo-ranker"
-    ranker = app_client.app.state.components.ranker  # type: ignore[attr-defined]
+    ranker = app_client.app.state.components.serving.ranker  # type: ignore[attr-defined]
     assert ok["model"]["digest"] == ranker.ref.digest
     assert "u5" not in str(ok)  # the subject appears only as a pseudonym and sealed
 

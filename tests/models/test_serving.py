@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.cli_keys import key_references, rotate
+from gateway.cli.keys import key_references, rotate
 from gateway.datadir import init_data_dir
 from gateway.errors import ConfigurationError
 from models.demo import model_bytes
@@ -261,7 +261,7 @@ def test_delete_retired_keeps_a_key_that_still_wraps_something(box: Box) -> None
     keyring = box.keyring()
     old = keyring.current_key_id()
     keyring.rotate()  # new KEK, but nothing re-wrapped yet
-    from gateway.cli_keys import delete_unreferenced
+    from gateway.cli.keys import delete_unreferenced
 
     deleted, kept = delete_unreferenced(settings, box.keyring())
     assert deleted == []

@@ -10,11 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from models.variants import assign, variant_label, variant_salt
+from gateway.derivation import Purpose, derive
+from models.variants import assign, variant_label
 from policies.data_policy import Variant
 from tests.models.conftest import Box
 
-SALT = variant_salt(b"k" * 40)
+SALT = derive(b"k" * 40, Purpose.AB_ASSIGNMENT)
 SPLIT = """    variants:
       - {version: "1", weight: 1.0}"""
 
@@ -29,7 +30,9 @@ def test_assignment_is_stable_per_user() -> None:
     first = [assign(SALT, "demo-ranker", u, variants) for u in users]
     again = [assign(SALT, "demo-ranker", u, variants) for u in users]
     assert first == again
-    assert assign(variant_salt(b"k" * 40), "demo-ranker", "u1", variants) == first[1]
+    assert (
+        assign(derive(b"k" * 40, Purpose.AB_ASSIGNMENT), "demo-ranker", "u1", variants) == first[1]
+    )
 
 
 @pytest.mark.parametrize("weights", [(0.9, 0.1), (50, 30, 20), (1, 1)])
@@ -45,7 +48,7 @@ def test_split_over_10k_users_is_close_to_the_weights(weights: tuple[float, ...]
 def test_assignment_depends_on_the_salt() -> None:
     """Without the gateway's secret, a client cannot pick ids that land in an arm."""
     variants = arms(0.5, 0.5)
-    other = variant_salt(os.urandom(40))
+    other = derive(os.urandom(40), Purpose.AB_ASSIGNMENT)
     users = [f"u{i}" for i in range(500)]
     same = sum(assign(SALT, "m", u, variants) == assign(other, "m", u, variants) for u in users)
     assert 150 < same < 350  # independent coin flips agree about half the time
@@ -73,7 +76,7 @@ def test_gateway_serves_the_assigned_arm_and_shadows_without_answering(box: Box)
       - {version: "2", weight: 0.5}
     shadow_version: "3"''',
     )
-    salt = variant_salt(box.settings().secret_key.get_secret_value().encode())
+    salt = box.settings().derived_keys[Purpose.AB_ASSIGNMENT]
     with TestClient(create_app(box.settings())) as client:
         headers = box.headers("demo")
         seen: dict[str, str] = {}
@@ -114,7 +117,7 @@ def test_an_arm_whose_package_is_refused_fails_closed(box: Box) -> None:
       - {version: "1", weight: 0.5}
       - {version: "2", weight: 0.5}""",
     )
-    salt = variant_salt(box.settings().secret_key.get_secret_value().encode())
+    salt = box.settings().derived_keys[Purpose.AB_ASSIGNMENT]
     with TestClient(create_app(box.settings())) as client:
         ready = client.get("/readyz").json()
         assert ready["checks"]["not_ready"] == {
@@ -132,7 +135,7 @@ def test_an_arm_whose_package_is_refused_fails_closed(box: Box) -> None:
 
 def test_a_policy_reload_that_adds_an_arm_loads_it(box: Box) -> None:
     box.pack("2")
-    salt = variant_salt(box.settings().secret_key.get_secret_value().encode())
+    salt = box.settings().derived_keys[Purpose.AB_ASSIGNMENT]
     with TestClient(create_app(box.settings())) as client:
         user = next(
             f"u{i}" for i in range(1, 100) if assign(salt, "demo-ranker", f"u{i}", arms(1, 1)) == 1

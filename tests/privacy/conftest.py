@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.derivation import DerivedKeys
 from privacy.components import shared_analyzer
 from privacy.nlp import OfflineAnalyzer
 from privacy.redaction import Redactor
@@ -14,4 +15,4 @@ def analyzer() -> OfflineAnalyzer:
 
 @pytest.fixture
 def redactor(analyzer: OfflineAnalyzer) -> Redactor:
-    return Redactor(analyzer, secret=b"k" * 32, cache_size=8)
+    return Redactor(analyzer, keys=DerivedKeys(b"k" * 32), cache_size=8)

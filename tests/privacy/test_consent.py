@@ -13,7 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from gateway.derivation import DerivedKeys
 from gateway.pipeline import Principal, RankQuery, RequestContext
+from policies import InForce
 from policies.data_policy import ConsentPolicy, DataPolicy
 from privacy.consent_stage import ConsentStage, decide
 from privacy.consent_store import (
@@ -28,7 +30,7 @@ from tests.privacy.tcf import encode_core
 
 PG_DSN = os.environ.get("AUDIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_UNREACHABLE = "PostgreSQL at 127.0.0.1:5432 unreachable: consent store backend NOT TESTED"
-SECRET = b"s" * 32
+KEYS = DerivedKeys(b"s" * 32)
 
 
 def entry(purpose: str = "personalization", granted: bool = True, **kw: object) -> ConsentEntry:
@@ -46,7 +48,7 @@ def entry(purpose: str = "personalization", granted: bool = True, **kw: object) 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsentStore]:
     if request.param == "sqlite":
-        opened: ConsentStore = SqliteConsentStore(tmp_path / "consent.db", SECRET)
+        opened: ConsentStore = SqliteConsentStore(tmp_path / "consent.db", KEYS)
         yield opened
         opened.close()
         return
@@ -56,7 +58,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsentSto
         print(f"WARNING: {PG_UNREACHABLE} ({exc})", file=sys.stderr)
         pytest.skip(PG_UNREACHABLE)
     schema = f"test_consent_{uuid.uuid4().hex[:16]}"
-    opened = PostgresConsentStore(PG_DSN, schema, SECRET)
+    opened = PostgresConsentStore(PG_DSN, schema, KEYS)
     yield opened
     opened.close()
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
@@ -220,8 +222,8 @@ async def test_significant_decisions_need_explicit_stored_consent(tmp_path: Path
     data = art22_policy(
         load_bundle(Path(__file__).resolve().parents[2] / "policies/bundles/default").data
     )
-    store = SqliteConsentStore(tmp_path / "c.db", SECRET)
-    stage = ConsentStage(store, lambda: data, model_name="demo-ranker")
+    store = SqliteConsentStore(tmp_path / "c.db", KEYS)
+    stage = ConsentStage(store, InForce(data, "h"), model_name="demo-ranker")
     principal = Principal(issuer="i", client_id="c", subject=None, scopes=frozenset())
 
     def ctx(user: str, headers: dict[str, str] | None = None) -> RequestContext:

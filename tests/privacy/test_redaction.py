@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.derivation import DerivedKeys
+from policies import InForce
 from privacy.nlp import OfflineAnalyzer
 from privacy.redaction import RedactionRules, Redactor
 
@@ -97,7 +99,7 @@ def test_operators(redactor: Redactor) -> None:
     assert redactor.pseudonym("EMAIL_ADDRESS", " JO@example.com", "acme") == pseudonym
     assert redactor.pseudonym("EMAIL_ADDRESS", "jo@example.com", "other") != pseudonym
     # Keyed by the gateway secret: another deployment cannot recompute it.
-    other = Redactor(redactor.analyzer, secret=b"x" * 32, cache_size=0)
+    other = Redactor(redactor.analyzer, keys=DerivedKeys(b"x" * 32), cache_size=0)
     assert other.pseudonym("EMAIL_ADDRESS", "jo@example.com", "acme") != pseudonym
 
 
@@ -198,7 +200,7 @@ async def test_string_tensors_are_redacted_element_by_element(redactor: Redactor
 
     data = load_bundle(Path(__file__).resolve().parents[2] / "policies/bundles/default").data
     with ThreadPoolExecutor(1) as pool:
-        stage = RedactStage(redactor, lambda: (data, "h"), timeout_s=5.0, executor=pool)
+        stage = RedactStage(redactor, InForce(data, "h"), timeout_s=5.0, executor=pool)
         texts = np.array([["mail a@example.com", "no pii"], ["card 4111 1111 1111 1111", ""]])
         numbers = np.zeros((2, 2), dtype=np.float32)
         query = InferQuery(id="x", feeds={"text": texts.astype(object), "n": numbers})
@@ -227,7 +229,7 @@ async def test_policy_fields_are_redacted_besides_the_query(redactor: Redactor) 
     query = RankQuery(user_id="u1", item_ids=("i1",), top_k=1, context=context)
     ctx = RequestContext(request_id="r", action="rank", route="/v1/rank", headers={}, payload=query)
     with ThreadPoolExecutor(1) as pool:
-        out = await RedactStage(redactor, lambda: (data, "h"), timeout_s=5, executor=pool)(ctx)
+        out = await RedactStage(redactor, InForce(data, "h"), timeout_s=5, executor=pool)(ctx)
     redacted = out.payload.context
     assert "jo@example.com" not in redacted["query"]  # always, whatever the policy lists
     assert "203.0.113.9" not in redacted["device"]
@@ -259,7 +261,7 @@ def test_an_installed_ner_model_adds_names_and_places() -> None:
 
     analyzer = shared_analyzer(NER_PACKAGE)
     assert {"PERSON", "LOCATION", "NRP", "ORGANIZATION"} <= set(analyzer.entities)
-    redactor = Redactor(analyzer, secret=b"k" * 32, cache_size=0)
+    redactor = Redactor(analyzer, keys=DerivedKeys(b"k" * 32), cache_size=0)
     out = redactor.redact(
         "My name is Maria Keller and I live in Berlin",
         rules("PERSON", "LOCATION"),

@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.datadir import InitReport, init_data_dir
 from gateway.settings import Settings, load_settings
 from models.features import FeatureStore, load_arrays
+from policies.in_force import ScopeTablePolicy
 from privacy.components import open_privacy
 from security.issuer import EmbeddedIssuer, load_signing_key
 
@@ -252,7 +253,7 @@ def test_erasure_is_reapplied_to_a_restored_feature_store(
     # What create_app does at start-up (the audit log stays with the running app).
     features = FeatureStore.load(store_path)
     privacy = open_privacy(
-        own_settings, policy=lambda: (None, "none"), audit=None, features=features
+        own_settings, policy=ScopeTablePolicy("demo-ranker"), audit=None, features=features
     )
     privacy.close()
     assert features.known_user(user) is False

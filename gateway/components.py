@@ -1,0 +1,179 @@
+"""The composition root: every component the gateway runs on, built once from one `Settings`.
+
+`open_components` is the only code that builds components; routes reach them through
+`components_of(request)` and change running state only through `gateway.control`.
+No field is optional except the audit log, which only dev mode may switch off and which
+routes reach through `audit_log()` and `record_plain()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.requests import Request
+
+from audit.factory import open_audit_log
+from audit.log import AuditLog
+from audit.stage import append_plain
+from gateway.derivation import Purpose
+from gateway.errors import NotFound
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, RequestContext
+from gateway.settings import Settings
+from models.serving import Serving, open_serving
+from models.variants import VariantMetrics
+from policies.factory import open_policy
+from policies.in_force import PolicyInForce
+from privacy.components import Privacy, open_privacy
+from security.authn import TokenValidator
+from security.inspection.wiring import Inspection, build_inspection
+from security.trust import TokenIssuer, open_issuer, open_validator
+
+log = logging.getLogger("gateway.app")
+
+Clock = Callable[[], float]
+
+
+class Pipelines:
+    """The pipeline of each action; the control plane replaces them all in one step."""
+
+    def __init__(self) -> None:
+        self._by_action: Mapping[str, Pipeline] = {}
+
+    def __getitem__(self, action: str) -> Pipeline:
+        return self._by_action[action]
+
+    def replace(self, pipelines: Mapping[str, Pipeline]) -> None:
+        self._by_action = dict(pipelines)
+
+
+@dataclass(frozen=True)
+class Components:
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    http: httpx.AsyncClient
+    issuer: TokenIssuer
+    validator: TokenValidator
+    policy: PolicyInForce
+    serving: Serving
+    audit: AuditLog | None  # None only in dev mode (audit.enabled = false)
+    privacy: Privacy
+    inspection: Inspection
+    variant_metrics: VariantMetrics
+    pipelines: Pipelines = field(default_factory=Pipelines)
+
+    def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
+        return RequestContext(
+            request_id=request.scope["state"]["request_id"],
+            action=action,
+            route=request.scope["path"],
+            headers=request.headers,
+            body=body,
+            received_at=self.clock(),
+        )
+
+    def pipeline(self, action: str) -> Pipeline:
+        return self.pipelines[action]
+
+    def audit_log(self) -> AuditLog:
+        """The audit log for the audit routes (404 when dev mode switched it off)."""
+        if self.audit is None:
+            raise NotFound("the audit log is disabled")
+        return self.audit
+
+    async def record_plain(
+        self,
+        *,
+        request_id: str,
+        route: str,
+        action: str,
+        client_id: str | None,
+        status: int,
+        outcome: str,
+    ) -> None:
+        """A record for a request that ran no pipeline (the token endpoint); fails closed."""
+        if self.audit is None:
+            return
+        await append_plain(
+            self.audit,
+            self.clock,
+            request_id=request_id,
+            route=route,
+            action=action,
+            client_id=client_id,
+            status=status,
+            outcome=outcome,
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.inspection.aclose()
+        self.serving.close()
+        if self.audit is not None:
+            await self.audit.close()
+            self.audit.store.close()
+        self.privacy.close()
+
+
+def components_of(request: Request) -> Components:
+    found: Components = request.app.state.components
+    return found
+
+
+def open_components(settings: Settings, clock: Clock = time.time) -> Components:
+    """Build every component. Raises `ConfigurationError` for settings it refuses."""
+    settings.check_secrets()
+    metrics = Metrics()
+    http = httpx.AsyncClient(timeout=settings.auth.jwks_fetch_timeout_s, follow_redirects=False)
+    issuer = open_issuer(settings, clock)
+    validator = open_validator(
+        settings,
+        issuer,
+        http,
+        cache_key=settings.derived_keys[Purpose.TOKEN_CACHE],
+        clock=clock,
+    )
+    policy = open_policy(settings)
+    policy.observe(metrics)
+    # After the policy: loading checks each package against it (names, min_version).
+    serving = open_serving(settings, metrics, policy)
+    audit: AuditLog | None = None
+    if settings.audit.enabled:
+        audit = open_audit_log(settings, clock=clock)
+    else:
+        log.warning("AUDIT LOG DISABLED (dev mode): requests are not recorded")
+    features = serving.features
+    primary = serving.primary()
+    # Stage 5 and the per-client rate limits: built once, so a model hot swap (which
+    # rebuilds the pipelines) keeps every client's detector, rate and budget state.
+    inspection = build_inspection(
+        settings,
+        policy,
+        metrics.registry,
+        clock,
+        # From the feature store, not the model: a model hot-loaded later is inspected too.
+        model_loaded=features is not None,
+        feature_stats=(primary.feature_stats or None) if primary is not None else None,
+        live_tables=features.tables() if features is not None else None,
+    )
+    if features is not None:
+        features.on_forget(inspection.forget_user_row)
+    return Components(
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        http=http,
+        issuer=issuer,
+        validator=validator,
+        policy=policy,
+        serving=serving,
+        audit=audit,
+        privacy=open_privacy(settings, policy=policy, audit=audit, features=features, clock=clock),
+        inspection=inspection,
+        variant_metrics=VariantMetrics.register(metrics.registry),
+    )
