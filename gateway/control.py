@@ -43,13 +43,12 @@ class ControlPlane:
         c.metrics.policy_reloads.labels(outcome).inc()
         if result.swapped:
             c.metrics.observe_policy(result.bundle)
-            was_serving = c.serving.ranker is not None
-            # The new bundle may name new A/B arms or a shadow version (loaded now), or
-            # refuse the primary version: rank and infer then refuse until an allowed
-            # version is loaded (POST /v1/admin/models/.../load).
-            await c.serving.apply_policy(result.bundle.data)
-            if was_serving and c.serving.ranker is None:
+            # A bundle that refuses the primary version takes effect before anything awaits:
+            # rank and infer refuse until an allowed version is loaded (POST
+            # /v1/admin/models/.../load). Then the A/B arms and shadow it names are loaded.
+            if c.serving.refuse_by_policy(result.bundle.data):
                 self.rebuild()
+            await c.serving.load_named(result.bundle.data)
         if c.audit is not None:
             await c.audit.append(
                 event_record(

@@ -226,13 +226,14 @@ class Serving:
         self.observe()
         return loaded
 
-    async def apply_policy(self, data: DataPolicy) -> None:
-        """After a policy swap: stop serving loaded versions the new bundle refuses (a raised
-        `min_version` is anti-rollback now, not at the next restart), and load the arms and
-        shadow it names (not primary). A refused primary makes the model not ready."""
+    def refuse_by_policy(self, data: DataPolicy) -> bool:
+        """After a policy swap, at once (no await): stop serving loaded versions the new
+        bundle refuses (a raised `min_version` is anti-rollback now, not at the next restart).
+        True when that refuses the primary, which makes the model not ready."""
         registry = self._registry
         if registry is None:
-            return
+            return False
+        was_serving = self.primary() is not None
         view = policy_view(data)
         for loaded in registry.loaded():
             try:
@@ -247,6 +248,15 @@ class Serving:
                     self._primary_refused = refusal
                 elif (old := registry.unload(loaded.name, loaded.version)) is not None:
                     registry.retire(old, registry.retire_grace_s)
+        self.observe()
+        return was_serving and self.primary() is None
+
+    async def load_named(self, data: DataPolicy) -> None:
+        """After a policy swap: load the A/B arms and the shadow version the bundle names
+        (not primary), and forget refusals of versions it no longer asks for."""
+        registry = self._registry
+        if registry is None:
+            return
         wanted = wanted_versions(self._settings, data)
         for version in list(self._refused):
             if version not in wanted and registry.get(self.name, version) is None:
