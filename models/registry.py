@@ -125,6 +125,13 @@ class ModelRegistry:
 
     def load(self, name: str, version: str) -> LoadedModel:
         """Verify, decrypt and build the session; the model is then available, not primary."""
+        loaded = self.build(name, version)
+        self.register(loaded)
+        return loaded
+
+    def build(self, name: str, version: str) -> LoadedModel:
+        """Verify, decrypt and build the session, without making it available: the caller
+        records the change first, then `register`s it (or closes its session)."""
         package, plaintext = self._verified(name, version)
         try:
             ranker = self._make_ranker(name, version, plaintext)
@@ -143,13 +150,16 @@ class ModelRegistry:
             ranker.close()
             raise
         ranker.ref = dataclasses.replace(ranker.ref, package_digest=package.package_digest)
-        loaded = LoadedModel(ranker, package)
+        return LoadedModel(ranker, package)
+
+    def register(self, loaded: LoadedModel) -> None:
+        """Make a built model available (not primary); a replaced non-primary one retires."""
+        key = (loaded.name, loaded.version)
         with self._lock:
-            previous = self._loaded.get((name, version))
-            self._loaded[(name, version)] = loaded
-        if previous is not None and previous is not self._primary.get(name):
+            previous = self._loaded.get(key)
+            self._loaded[key] = loaded
+        if previous is not None and previous is not self._primary.get(loaded.name):
             self.retire(previous, self.retire_grace_s)
-        return loaded
 
     def adopt(self, loaded: LoadedModel) -> None:
         """Register a model built elsewhere (the unsafe plaintext path)."""

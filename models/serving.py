@@ -199,21 +199,27 @@ class Serving:
             self._registry.activate(self.name, version)
         self.observe()
 
-    async def load(self, name: str, version: str, *, activate: bool) -> LoadedModel:
-        """Verify, decrypt and load a package off the loop; if asked, make it primary.
+    async def build(self, name: str, version: str) -> LoadedModel:
+        """Verify, decrypt and build a package's session off the loop; nothing changes yet.
 
-        A refused package changes nothing (InvalidRequest names the loader step)."""
+        A refused package raises InvalidRequest naming the loader step."""
         registry = self.registry(name)
         try:
-            loaded = await asyncio.to_thread(registry.load, name, version)
+            return await asyncio.to_thread(registry.build, name, version)
         except ModelPackageError as exc:
             log.error("hot load of %s %s refused at step %s: %s", name, version, exc.step, exc)
             raise InvalidRequest(
                 f"model package refused at step {exc.step}: {type(exc).__name__}",
                 log_cause=str(exc),
             ) from None
-        # From here to the end nothing awaits: the swap is one step for every request,
-        # and of two concurrent loads the one that finishes last is primary.
+
+    def install(self, loaded: LoadedModel, *, activate: bool) -> None:
+        """Make a built model available and, if asked, primary. Nothing here awaits: the
+        swap is one step for every request, and of two concurrent loads the one installed
+        last is primary."""
+        registry = self.registry(loaded.name)
+        name, version = loaded.name, loaded.version
+        registry.register(loaded)
         self._refused.pop(version, None)
         if activate:
             previous = registry.activate(name, version)
@@ -224,7 +230,6 @@ class Serving:
                 registry.retire(previous, registry.retire_grace_s)
             log.info("model %s %s is now primary", name, version)
         self.observe()
-        return loaded
 
     def refuse_by_policy(self, data: DataPolicy) -> bool:
         """After a policy swap, at once (no await): stop serving loaded versions the new

@@ -52,6 +52,21 @@ class PolicyReader(Protocol):
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A bundle read from disk and checked (signature, tests), not yet in force."""
+
+    previous: PolicyBundle
+    bundle: PolicyBundle | None  # None: refused, and `error` says why
+    error: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.bundle is None:
+            return "refused"
+        return "unchanged" if self.bundle.content_hash == self.previous.content_hash else "swapped"
+
+
+@dataclass(frozen=True)
 class ReloadResult:
     swapped: bool
     bundle: PolicyBundle
@@ -74,8 +89,12 @@ class PolicyInForce(Protocol):
         """`/readyz` checks about the policy ({} when there is no bundle)."""
         ...
 
-    def reload(self) -> ReloadResult:
-        """Load, verify and test the bundle on disk; swap it in only if it passes."""
+    def candidate(self) -> Candidate:
+        """Load, verify and test the bundle on disk; nothing is in force yet."""
+        ...
+
+    def commit(self, candidate: Candidate) -> ReloadResult:
+        """Put a checked candidate in force (after its audit record is durable)."""
         ...
 
     def changed_on_disk(self) -> bool: ...
@@ -118,7 +137,10 @@ class ScopeTablePolicy:
     def readiness(self) -> dict[str, object]:
         return {}
 
-    def reload(self) -> ReloadResult:
+    def candidate(self) -> Candidate:
+        raise NotFound("the policy engine is off")
+
+    def commit(self, candidate: Candidate) -> ReloadResult:
         raise NotFound("the policy engine is off")
 
     def changed_on_disk(self) -> bool:

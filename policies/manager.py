@@ -22,7 +22,7 @@ from gateway.pipeline import Stage
 from policies.bundle import PolicyBundle, load_bundle
 from policies.cedar_engine import AuthzRequest, Decision
 from policies.errors import PolicyError
-from policies.in_force import InForce, ReloadResult
+from policies.in_force import Candidate, InForce, ReloadResult
 from policies.signing import verify_bundle_signature
 from policies.stage import PolicyAuthorizeStage
 from policies.testing import run_tests
@@ -111,32 +111,48 @@ class PolicyManager:
         return bundle
 
     def reload(self, path: Path | None = None) -> ReloadResult:
-        """Try a candidate (default: the configured path); swap only if it passes."""
+        """Try a candidate (default: the configured path); swap only if it passes.
+
+        The gateway goes through `candidate` and `commit` instead, recording the outcome
+        in the audit log between the two (record before effect)."""
+        return self.commit(self.candidate(path))
+
+    def candidate(self, path: Path | None = None) -> Candidate:
+        """Load, verify and test the bundle on disk; nothing changes but `last_error`."""
+        candidate_path = path or self.path
+        previous = self.active
+        try:
+            bundle = self.check(candidate_path)
+        except (PolicyError, OSError) as exc:
+            self.last_error = str(exc)
+            log.error(
+                "policy bundle %s refused, keeping %s: %s",
+                candidate_path,
+                previous.content_hash,
+                exc,
+            )
+            return Candidate(previous, None, self.last_error)
+        return Candidate(previous, bundle)
+
+    def commit(self, candidate: Candidate) -> ReloadResult:
+        """Swap a checked candidate in (one reference assignment); a refused one changes
+        nothing."""
         with self._lock:
-            candidate_path = path or self.path
             previous = self.active
-            try:
-                candidate = self.check(candidate_path)
-            except (PolicyError, OSError) as exc:
-                self.last_error = str(exc)
-                log.error(
-                    "policy bundle %s refused, keeping %s: %s",
-                    candidate_path,
-                    previous.content_hash,
-                    exc,
-                )
-                result = ReloadResult(False, previous, self.last_error)
+            bundle = candidate.bundle
+            if bundle is None:
+                result = ReloadResult(False, previous, candidate.error)
                 self._on_reload(result, previous)
                 return result
             self.last_error = None
-            swapped = candidate.content_hash != previous.content_hash
+            swapped = bundle.content_hash != previous.content_hash
             if swapped:
-                self.active = candidate
+                self.active = bundle
                 log.info(
                     "policy bundle %s %s active (%s)",
-                    candidate.name,
-                    candidate.version,
-                    candidate.content_hash,
+                    bundle.name,
+                    bundle.version,
+                    bundle.content_hash,
                 )
             result = ReloadResult(swapped, self.active)
             self._on_reload(result, previous)
