@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.derivation import DerivedKeys, Purpose
 
@@ -85,6 +86,10 @@ class ConsentStore:
     def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """Run the statements in one transaction."""
         raise NotImplementedError
+
+    def ping(self) -> None:
+        """A trivial read: raises ConsentStoreError while the store cannot answer."""
+        self._query("SELECT 1")
 
     def close(self) -> None:
         raise NotImplementedError
@@ -336,12 +341,26 @@ CREATE TRIGGER consent_erasures_no_truncate BEFORE TRUNCATE ON {schema}.consent_
 class PostgresConsentStore(ConsentStore):
     kind = "postgres"
 
-    def __init__(self, dsn: str, schema: str, keys: DerivedKeys) -> None:
+    def __init__(
+        self, dsn: str, schema: str, keys: DerivedKeys, *, statement_timeout_ms: int = 2000
+    ) -> None:
         super().__init__(keys)
         self._lock = threading.Lock()
         self._schema = schema
+        self._closed = False
         try:
-            self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise ConsentStoreError(f"invalid PostgreSQL DSN for the consent store: {exc}") from exc
+        # libpq waits forever by default, and so does a statement on a hung server: both
+        # are bounded below the request timeout, so a stalled database is a 503, not a hang.
+        params.setdefault("connect_timeout", 5)
+        params.setdefault("application_name", "gateway-consent")
+        options = params.get("options", "")
+        params["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+        self._conninfo = make_conninfo("", **params)
+        try:
+            self._conn = self._connect()
             with self._conn.transaction():
                 # One creator at a time: several gateways may start together.
                 self._conn.execute("SELECT pg_advisory_xact_lock(7261736)")
@@ -357,30 +376,64 @@ class PostgresConsentStore(ConsentStore):
         # Statements name tables bare; the schema is fixed by the search path per call.
         return statement.replace("?", "%s").encode()
 
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self._conninfo, autocommit=True)
+
+    def _live(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, reconnected if the server dropped it (restart, failover): the
+        next call after an outage tries again, so the store comes back by itself."""
+        if self._closed:
+            raise ConsentStoreError("consent store is closed")
+        if self._conn.closed or self._conn.broken:
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
+
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                with self._conn.transaction():
-                    self._search_path()
-                    return list(self._conn.execute(self._sql(statement), tuple(params)).fetchall())
+                return self._read(statement, params)
+            except psycopg.OperationalError as exc:
+                if not self._conn.broken:
+                    raise ConsentStoreError(str(exc)) from exc
             except psycopg.Error as exc:
                 raise ConsentStoreError(str(exc)) from exc
+            try:
+                # The server dropped the connection (restart, failover): a read is safe to
+                # repeat once on a fresh one, so the caller never sees the outage it missed.
+                return self._read(statement, params)
+            except psycopg.Error as exc:
+                raise ConsentStoreError(str(exc)) from exc
+
+    def _read(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        conn = self._live()
+        with conn.transaction():
+            self._search_path(conn)
+            return list(conn.execute(self._sql(statement), tuple(params)).fetchall())
 
     def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self._lock:
             try:
-                with self._conn.transaction():
-                    self._search_path()
+                conn = self._live()
+                try:
+                    # A write is never repeated (its commit may have happened): find a dropped
+                    # connection before the transaction starts, not in it.
+                    conn.execute("SELECT 1")
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    conn = self._live()
+                with conn.transaction():
+                    self._search_path(conn)
                     for statement, params in statements:
-                        self._conn.execute(self._sql(statement), tuple(params))
+                        conn.execute(self._sql(statement), tuple(params))
             except psycopg.Error as exc:
                 raise ConsentStoreError(str(exc)) from exc
 
-    def _search_path(self) -> None:
-        self._conn.execute(
-            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self._schema))
-        )
+    def _search_path(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self._schema)))
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()

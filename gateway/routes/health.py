@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.components import components_of
+from gateway.readiness import dependency_checks
 from gateway.routes._json import json_response
 
 router = APIRouter()
@@ -35,11 +36,14 @@ async def readyz(request: Request) -> Response:
     if not_ready:
         # Which model version was refused and at which loader step (operators only see this).
         checks["not_ready"] = {record.key: record.public for record in not_ready}
+    dependencies = await dependency_checks(components)
+    checks["dependencies"] = dependencies
     checks.update(components.policy.readiness())
     checks["privacy"] = components.privacy.describe()
+    ready = not not_ready and all(state == "ok" for state in dependencies.values())
     return json_response(
-        {"status": "not ready" if not_ready else "ready", "checks": checks},
-        status=503 if not_ready else 200,
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
     )
 
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from gateway.components import Components, components_of
 from gateway.errors import ModelNotReady, NotFound
 from gateway.pipeline import Action, RequestContext, Respond
+from gateway.readiness import dependency_checks
 from gateway.routes._json import json_response
 
 router = APIRouter(prefix="/v2")
@@ -52,7 +53,8 @@ async def live() -> Response:
 @router.get("/health/ready", summary="OIP server readiness")
 async def ready(request: Request) -> Response:
     components = components_of(request)
-    is_ready = components.serving.ready
+    dependencies = await dependency_checks(components)
+    is_ready = components.serving.ready and all(s == "ok" for s in dependencies.values())
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 

@@ -79,6 +79,11 @@ class Inspection:
         verdict = inspection.verdict if inspection is not None else "allow"
         return {"X-Inspection-Verdict": verdict}
 
+    async def ping(self) -> None:
+        """Raises while the shared state (Redis) cannot answer; in process, nothing to do."""
+        if self.redis is not None:
+            await self.redis.ping()
+
     async def aclose(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()

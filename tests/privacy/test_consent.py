@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from privacy.consent_stage import ConsentStage, decide
 from privacy.consent_store import (
     ConsentEntry,
     ConsentStore,
+    ConsentStoreError,
     PostgresConsentStore,
     SqliteConsentStore,
 )
@@ -52,6 +54,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsentSto
         yield opened
         opened.close()
         return
+    yield from _postgres_store()
+
+
+@pytest.fixture
+def pg_store() -> Iterator[PostgresConsentStore]:
+    yield from _postgres_store()
+
+
+def _postgres_store() -> Iterator[PostgresConsentStore]:
     try:
         psycopg.connect(PG_DSN, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
@@ -72,7 +83,7 @@ def raw(store: ConsentStore, statement: str) -> None:
     else:
         assert isinstance(store, PostgresConsentStore)
         with store._conn.transaction():
-            store._search_path()
+            store._search_path(store._conn)
             store._conn.execute(statement.encode())
 
 
@@ -248,3 +259,40 @@ async def test_significant_decisions_need_explicit_stored_consent(tmp_path: Path
     assert allowed.consent.explicit is True
     assert allowed.consent.may_personalize is True
     store.close()
+
+
+def _terminate_store_backends(application_name: str = "gateway-consent") -> int:
+    """What a database restart does to the store's connection: the server closes it."""
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+def test_postgres_store_comes_back_by_itself_after_its_connection_is_dropped(
+    pg_store: PostgresConsentStore,
+) -> None:
+    store = pg_store
+    store.record("t1", "u1", [entry(granted=True)])
+    assert _terminate_store_backends() >= 1
+    # A read after the outage succeeds on a fresh connection, with nothing lost.
+    assert store.current("t1", "u1")["personalization"].granted is True
+    assert _terminate_store_backends() >= 1
+    # So does a write: the dropped connection is found before its transaction starts.
+    store.record("t1", "u1", [entry(granted=False, ts_ms=2)])
+    assert store.current("t1", "u1")["personalization"].granted is False
+    assert [e.granted for e in store.history("t1", "u1")] == [True, False]
+
+
+def test_postgres_store_bounds_each_statement(pg_store: PostgresConsentStore) -> None:
+    """A hung statement ends at the statement timeout (a typed error, not a hang)."""
+    store = pg_store
+    started = time.monotonic()
+    with pytest.raises(ConsentStoreError):
+        store._query("SELECT pg_sleep(30)")
+    assert time.monotonic() - started < 10
+    store.record("t1", "u2", [entry()])  # and the store still works afterwards
+    assert "personalization" in store.current("t1", "u2")
