@@ -143,7 +143,7 @@ class Serving:
         if self._registry is None:
             raise NotFound("model packages are not in use")
         if name != self.name:
-            raise NotFound(f"model '{name}' is not served here")
+            raise NotFound("the model is not served here")
         return self._registry
 
     # -- readiness (derived) -----------------------------------------------------------
@@ -207,7 +207,7 @@ class Serving:
         try:
             return await asyncio.to_thread(registry.build, name, version)
         except ModelPackageError as exc:
-            log.error("hot load of %s %s refused at step %s: %s", name, version, exc.step, exc)
+            log.error("hot load of %s %r refused at step %s: %s", name, version, exc.step, exc)
             raise InvalidRequest(
                 f"model package refused at step {exc.step}: {type(exc).__name__}",
                 log_cause=str(exc),

@@ -25,12 +25,12 @@ SERVER_VERSION = "0.1.0"
 def _missing_model(components: Components, name: str, version: str | None) -> NotFound | None:
     model = components.settings.model
     if name != model.name:
-        return NotFound(f"model '{name}' is not served here")
+        return NotFound("the model is not served here")
     # OIP serves the primary version, which an admin hot swap may have changed.
     ranker = components.serving.ranker
     served = ranker.ref.version if ranker is not None else model.version
     if version not in (None, served):
-        return NotFound(f"model '{name}' has no version '{version}'")
+        return NotFound("the model has no such version here")
     return None
 
 
