@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -228,6 +229,12 @@ class SqliteConsentStore(ConsentStore):
         self._cache: dict[bytes, dict[str, ConsentEntry]] = {}
         # Bumped by every write: a read that raced a write never fills the cache.
         self._generation = 0
+        # SQLite gives its -wal and -shm files the database file's mode when it creates
+        # them: the file is made owner-only before the first connection, not after.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            if existing.exists():
+                existing.chmod(0o600)  # data directories made before this was so
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -237,7 +244,6 @@ class SqliteConsentStore(ConsentStore):
             self._reader.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise ConsentStoreError(f"consent store {path}: {exc}") from exc
-        path.chmod(0o600)
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:

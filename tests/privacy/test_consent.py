@@ -296,3 +296,15 @@ def test_postgres_store_bounds_each_statement(pg_store: PostgresConsentStore) ->
     assert time.monotonic() - started < 10
     store.record("t1", "u2", [entry()])  # and the store still works afterwards
     assert "personalization" in store.current("t1", "u2")
+
+
+def test_sqlite_store_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "consent.db"
+    store = SqliteConsentStore(path, KEYS)
+    try:
+        store.record("t1", "u1", [entry()])
+        files = [path, path.with_name("consent.db-wal"), path.with_name("consent.db-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        store.close()
