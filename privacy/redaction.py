@@ -80,31 +80,52 @@ def mask(value: str) -> str:
     return "*" * (len(value) - MASK_KEEP) + value[-MASK_KEEP:]
 
 
-def _select(findings: list[RecognizerResult], rules: RedactionRules) -> list[RecognizerResult]:
-    """Findings over their threshold, without overlaps (best score, then longest span)."""
-    kept: list[RecognizerResult] = []
-    candidates = [
-        f
-        for f in findings
-        if f.entity_type in rules.entities and f.score >= rules.threshold(f.entity_type)
-    ]
-    # Ties go to a finding its context words support (a 9-digit number after "passport"
-    # is a passport number, not a phone number), then to the longer span.
-    candidates.sort(
-        key=lambda f: (
-            -f.score,
-            not (f.recognition_metadata or {}).get(
-                RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY
-            ),
-            -(f.end - f.start),
-            f.start,
-        )
+def _rank(finding: RecognizerResult) -> tuple[float, bool, int, int]:
+    """Which finding names a merged span: best score; on ties one its context words
+    support (a 9-digit number after "passport" is a passport number, not a phone number),
+    then the longer span."""
+    supported = (finding.recognition_metadata or {}).get(
+        RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY
     )
+    return (-finding.score, not supported, -(finding.end - finding.start), finding.start)
+
+
+def select_spans(findings: list[RecognizerResult], rules: RedactionRules) -> list[RecognizerResult]:
+    """Findings over their threshold, overlapping or adjacent ones merged into one span.
+
+    The union, never the best piece: a short NER span inside a phone number or an IP
+    address must not leave the rest of it in clear. The merged span takes the entity
+    type of its best finding (`_rank`)."""
+    candidates = sorted(
+        (
+            f
+            for f in findings
+            if f.entity_type in rules.entities and f.score >= rules.threshold(f.entity_type)
+        ),
+        key=lambda f: (f.start, f.end),
+    )
+    groups: list[list[RecognizerResult]] = []
+    end = -1
     for finding in candidates:
-        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
-            kept.append(finding)
-    kept.sort(key=lambda f: f.start)
-    return kept
+        if groups and finding.start <= end:
+            groups[-1].append(finding)
+            end = max(end, finding.end)
+        else:
+            groups.append([finding])
+            end = finding.end
+    merged: list[RecognizerResult] = []
+    for group in groups:
+        best = min(group, key=_rank)
+        merged.append(
+            RecognizerResult(
+                entity_type=best.entity_type,
+                start=min(f.start for f in group),
+                end=max(f.end for f in group),
+                score=best.score,
+                recognition_metadata=best.recognition_metadata,
+            )
+        )
+    return merged
 
 
 class Redactor:
@@ -177,7 +198,7 @@ class Redactor:
             entities=wanted,
             allow_list=list(rules.allow_list) or None,
         )
-        return _select(findings, rules)
+        return select_spans(findings, rules)
 
     def _redact(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted:
         counts: dict[str, int] = {}

@@ -9,11 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from presidio_analyzer import RecognizerResult
 
 from gateway.derivation import DerivedKeys
 from policies import InForce
 from privacy.nlp import OfflineAnalyzer
-from privacy.redaction import RedactionRules, Redactor
+from privacy.redaction import RedactionRules, Redactor, select_spans
 
 # Realistic sentences, one per pattern entity the blank pipeline must find; the value
 # is what must disappear from the text.
@@ -270,3 +271,69 @@ def test_an_installed_ner_model_adds_names_and_places() -> None:
     assert out.counts == {"PERSON": 1, "LOCATION": 1}
     assert "Keller" not in out.text
     assert "Berlin" not in out.text
+
+
+def _finding(entity: str, text: str, part: str, score: float) -> RecognizerResult:
+    start = text.index(part)
+    return RecognizerResult(entity, start, start + len(part), score)
+
+
+@pytest.mark.parametrize(
+    ("text", "outer", "inner"),
+    [
+        # What an NER model does inside numbers it does not understand.
+        (
+            "call +1-984-182-0190 now",
+            ("PHONE_NUMBER", "+1-984-182-0190", 0.4),
+            ("NRP", "+1-984", 0.85),
+        ),
+        (
+            "from 6e40:4041:af3d:e898:12:0:0:1 today",
+            ("IP_ADDRESS", "6e40:4041:af3d:e898:12:0:0:1", 0.6),
+            ("ORGANIZATION", "af3d", 0.85),
+        ),
+    ],
+)
+def test_overlapping_detections_are_redacted_as_their_union(
+    text: str, outer: tuple[str, str, float], inner: tuple[str, str, float]
+) -> None:
+    rules = RedactionRules(entities=frozenset({outer[0], inner[0]}))
+    found = select_spans(
+        [_finding(inner[0], text, *inner[1:]), _finding(outer[0], text, *outer[1:])], rules
+    )
+    assert len(found) == 1
+    (span,) = found
+    assert text[span.start : span.end] == outer[1]  # all of it, whichever piece scored best
+    assert span.entity_type == inner[0]  # named by the best finding
+
+
+def test_adjacent_detections_merge_and_separate_ones_stay_apart() -> None:
+    text = "id 123456789 and jane@example.com"
+    rules = RedactionRules(entities=frozenset({"US_SSN", "US_BANK_NUMBER", "EMAIL_ADDRESS"}))
+    found = select_spans(
+        [
+            _finding("US_SSN", text, "12345", 0.5),
+            _finding("US_BANK_NUMBER", text, "6789", 0.6),  # touches the first
+            _finding("EMAIL_ADDRESS", text, "jane@example.com", 1.0),
+        ],
+        rules,
+    )
+    assert [(f.entity_type, text[f.start : f.end]) for f in found] == [
+        ("US_BANK_NUMBER", "123456789"),
+        ("EMAIL_ADDRESS", "jane@example.com"),
+    ]
+
+
+def test_a_finding_under_its_threshold_does_not_widen_a_span() -> None:
+    text = "call 212-555-0199 x"
+    rules = RedactionRules(
+        entities=frozenset({"PHONE_NUMBER", "DATE_TIME"}), thresholds={"DATE_TIME": 0.9}
+    )
+    found = select_spans(
+        [
+            _finding("PHONE_NUMBER", text, "212-555-0199", 0.7),
+            _finding("DATE_TIME", text, "0199 x", 0.3),
+        ],
+        rules,
+    )
+    assert [text[f.start : f.end] for f in found] == ["212-555-0199"]
