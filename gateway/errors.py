@@ -82,6 +82,7 @@ class UnknownItems(InvalidRequest):
         super().__init__(
             f"unknown item ids: {', '.join(listed)}{suffix}",
             extensions={"unknown_item_ids": listed},
+            log_cause=f"{len(item_ids)} unknown item id(s)",
         )
         self.item_ids = item_ids
 

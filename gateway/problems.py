@@ -41,6 +41,8 @@ def render(
 
 
 def _log(error: GatewayError, request_id: str | None) -> None:
+    # The cause the server wrote, else the title; never `detail`, which may quote what the
+    # client sent (unknown item ids, field values) and so personal data.
     level = logging.ERROR if error.status >= 500 else logging.INFO
     log.log(
         level,
@@ -48,7 +50,7 @@ def _log(error: GatewayError, request_id: str | None) -> None:
         request_id,
         error.status,
         error.slug,
-        error.log_cause or error.detail or error.title,
+        error.log_cause or error.title,
     )
 
 

@@ -42,3 +42,20 @@ def test_a_forged_version_string_never_reaches_a_log_line_raw(
         line = record.getMessage()
         assert "\nERROR forged" not in line
         assert "\x00" not in line
+
+
+def test_refusals_never_log_what_the_client_sent(
+    client: TestClient, auth: Callable[..., dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    bodies = [
+        {"user_id": "u1", "item_ids": ["i1", MARK]},  # unknown item: the detail names it
+        {"user_id": "u1", "item_ids": ["i1"], "top_k": MARK},  # a field of the wrong type
+        {"user_id": MARK * 20, "item_ids": ["i1"]},  # too long an id
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for body in bodies:
+            response = client.post("/v1/rank", json=body, headers=auth(("rank",)))
+            assert 400 <= response.status_code < 500
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "refused" in logged  # the refusals are logged, by slug and server-written cause
+    assert MARK not in logged
