@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import iab_tcf  # type: ignore[import-untyped]
 
@@ -51,6 +51,21 @@ ABSENT = TcfSignal("absent")
 MALFORMED = TcfSignal("malformed")
 
 
+def _consented_vendors(consent: Any) -> frozenset[int]:
+    """The consent vendor section, bit field or range encoded (the decoder fills
+    `consented_vendors` for the first only). Ids past MaxVendorId are not consented."""
+    highest = int(consent.max_consent_vendor_id)
+    if not consent.is_consent_range_encoding:
+        return frozenset(int(k) for k, v in consent.consented_vendors.items() if v)
+    found: set[int] = set()
+    for start, end in consent.consented_vendors_range:
+        first, last = int(start), min(int(end), highest)
+        if not 1 <= first <= last:
+            raise ValueError("malformed vendor range")
+        found.update(range(first, last + 1))
+    return frozenset(found)
+
+
 def decode_tcf(raw: str | None) -> TcfSignal:
     """Decode a TC string; anything that is not a well-formed v2 string is MALFORMED."""
     if raw is None:
@@ -65,7 +80,7 @@ def decode_tcf(raw: str | None) -> TcfSignal:
         if consent.version != 2:
             return MALFORMED
         purposes = {int(k): bool(v) for k, v in consent.purposes_consent.items()}
-        vendors = frozenset(int(k) for k, v in consent.consented_vendors.items() if v)
+        vendors = _consented_vendors(consent)
         policy_version = int(consent.tcf_policy_version)
     except Exception:  # third-party decoder: any failure means "no consent"
         return MALFORMED

@@ -209,6 +209,21 @@ def test_tcf_vendor_consent_is_required_when_configured() -> None:
     assert decide(policy, NEEDED, {}, gpc=False, tcf=with_vendor).may_personalize is True
 
 
+@pytest.mark.parametrize("range_encoding", [False, True])
+def test_tcf_vendor_sections_decode_in_both_encodings(range_encoding: bool) -> None:
+    """CMPs with many vendors send range-encoded sections; both must read the same."""
+    vendors = {9, 10, 11, 12, 755}
+    signal = decode_tcf(
+        encode_core(purposes={1, 3, 4}, vendors=vendors, range_encoding=range_encoding)
+    )
+    assert signal.state == "valid"
+    assert signal.vendors == frozenset(vendors)
+    policy = DEFAULT.model_copy(update={"tcf_vendor_id": 755})
+    assert decide(policy, NEEDED, {}, gpc=False, tcf=signal).may_personalize is True
+    other = DEFAULT.model_copy(update={"tcf_vendor_id": 13})
+    assert decide(other, NEEDED, {}, gpc=False, tcf=signal).may_personalize is False
+
+
 def test_unreadable_store_means_no_consent() -> None:
     decision = decide(DEFAULT, NEEDED, {}, gpc=False, tcf=ABSENT, store_ok=False)
     assert decision.may_personalize is False
