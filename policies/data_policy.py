@@ -104,6 +104,10 @@ class ConsentPolicy(_Strict):
     """Which consent signal wins when they disagree (GPC is a legal opt-out in CA)."""
 
     precedence: tuple[ConsentSource, ...] = ("gpc", "tcf", "store")
+    # most_restrictive: any source that refuses a purpose wins (the default); precedence:
+    # the first source with an opinion decides. Either way a stored withdrawal beats a
+    # TCF grant: a client's header never re-grants what the subject withdrew.
+    combine: Literal["most_restrictive", "precedence"] = "most_restrictive"
     default_personalization: bool = False  # no signal at all: non-personalized path
     tcf_purposes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
     # Purposes a `Sec-GPC: 1` request opts out of (CCPA regulation 7025: sale/sharing).

@@ -1,12 +1,15 @@
 """Stage 3: consent. Store + Sec-GPC + TCF -> may the model use this subject's profile?
 
-Per purpose, the sources are asked in the bundle's `consent.precedence` order
-(default gpc, tcf, store); the first one that has an opinion decides:
+Per purpose, each source may have an opinion:
 - gpc: `Sec-GPC: 1` denies the purposes in `consent.gpc_opt_out`; it never grants;
 - tcf: a TC string (valid, withdrawn or malformed) decides the purposes mapped in
   `consent.tcf_purposes`; malformed counts as a denial;
 - store: the subject's latest stored entry for the purpose.
-No opinion anywhere: `default_personalization` for personalization, denied otherwise.
+By default (`consent.combine: most_restrictive`) any denial wins, named by the first
+denying source in `consent.precedence` order; a bundle that sets `combine: precedence`
+lets the first source with an opinion decide. Either way a stored withdrawal beats a
+TCF grant: a client's header never re-grants what the subject withdrew. No opinion
+anywhere: `default_personalization` for personalization, denied otherwise.
 
 `may_personalize` needs every purpose the model's policy lists. It is never a
 refusal: the rank stage takes the non-personalised path. The exception is a model
@@ -79,6 +82,27 @@ def _jurisdiction(stored: Mapping[str, ConsentEntry], headers: Mapping[str, str]
     return declared if declared in JURISDICTIONS else "default"
 
 
+def _opinion(
+    source: str,
+    purpose: str,
+    policy: ConsentPolicy,
+    stored: Mapping[str, ConsentEntry],
+    gpc: bool,
+    tcf: TcfSignal,
+    store_ok: bool,
+) -> bool | None:
+    """What one signal says of one purpose; None when it says nothing."""
+    if source == "gpc":
+        return False if gpc and purpose in policy.gpc_opt_out else None
+    if source == "tcf":
+        if tcf.state == "absent" or purpose not in policy.tcf_purposes:
+            return None
+        return tcf.grants(policy.tcf_purposes[purpose], policy.tcf_vendor_id)
+    if not store_ok:
+        return False  # an unreadable store: assume no consent
+    return stored[purpose].granted if purpose in stored else None
+
+
 def decide(
     policy: ConsentPolicy,
     needed: tuple[str, ...],
@@ -93,24 +117,24 @@ def decide(
     purposes: dict[str, bool] = {}
     sources: dict[str, str] = {}
     for purpose in dict.fromkeys((*PURPOSES, *needed)):
-        verdict: bool | None = None
-        source = "default"
-        for candidate in policy.precedence:
-            if candidate == "gpc" and gpc and purpose in policy.gpc_opt_out:
-                verdict = False
-            elif candidate == "tcf" and tcf.state != "absent" and purpose in policy.tcf_purposes:
-                verdict = tcf.grants(policy.tcf_purposes[purpose], policy.tcf_vendor_id)
-            elif candidate == "store" and not store_ok:
-                verdict = False  # unreadable store: assume no consent
-            elif candidate == "store" and purpose in stored:
-                verdict = stored[purpose].granted
-            if verdict is not None:
-                source = candidate
-                break
-        if verdict is None:
-            verdict = policy.default_personalization if purpose == "personalization" else False
-        purposes[purpose] = verdict
-        sources[purpose] = source
+        opinions = [
+            (candidate, verdict)
+            for candidate in policy.precedence
+            if (verdict := _opinion(candidate, purpose, policy, stored, gpc, tcf, store_ok))
+            is not None
+        ]
+        refusals = [o for o in opinions if o[1] is False]
+        withdrawn = [o for o in refusals if o[0] == "store"]
+        if withdrawn:
+            chosen: tuple[str, bool] | None = withdrawn[0]  # the subject's own withdrawal
+        elif refusals and policy.combine == "most_restrictive":
+            chosen = refusals[0]
+        else:
+            chosen = opinions[0] if opinions else None
+        if chosen is None:
+            default = policy.default_personalization if purpose == "personalization" else False
+            chosen = ("default", default)
+        sources[purpose], purposes[purpose] = chosen
     explicit = all(
         p in stored and stored[p].granted and stored[p].lawful_basis == "consent" and purposes[p]
         for p in needed

@@ -170,16 +170,18 @@ NEEDED = ("personalization",)
         (("gpc", "tcf", "store"), False, ABSENT, {}, False, "default"),
         (("gpc", "tcf", "store"), False, ABSENT, STORED_YES, True, "store"),
         (("gpc", "tcf", "store"), True, ABSENT, STORED_YES, False, "gpc"),
-        (("gpc", "tcf", "store"), False, TCF_YES, STORED_NO, True, "tcf"),
+        # A client's TCF header never re-grants what the subject withdrew.
+        (("gpc", "tcf", "store"), False, TCF_YES, STORED_NO, False, "store"),
         (("gpc", "tcf", "store"), False, TCF_NO, STORED_YES, False, "tcf"),
         (("gpc", "tcf", "store"), False, MALFORMED, STORED_YES, False, "tcf"),
         (("gpc", "tcf", "store"), True, TCF_YES, STORED_YES, False, "gpc"),
-        (("store", "tcf", "gpc"), True, TCF_NO, STORED_YES, True, "store"),
+        (("store", "tcf", "gpc"), True, TCF_NO, STORED_YES, False, "tcf"),
         (("store", "gpc"), True, TCF_YES, {}, False, "gpc"),
         (("tcf", "store"), True, ABSENT, STORED_YES, True, "store"),
+        (("tcf", "store"), False, TCF_YES, STORED_YES, True, "tcf"),
     ],
 )
-def test_precedence_comes_from_the_policy(
+def test_the_most_restrictive_signal_wins_by_default(
     precedence: tuple[str, ...],
     gpc: bool,
     tcf: object,
@@ -188,6 +190,33 @@ def test_precedence_comes_from_the_policy(
     source: str,
 ) -> None:
     policy = DEFAULT.model_copy(update={"precedence": precedence})
+    assert policy.combine == "most_restrictive"
+    decision = decide(policy, NEEDED, stored, gpc=gpc, tcf=tcf)  # type: ignore[arg-type]
+    assert decision.may_personalize is personal
+    assert decision.sources["personalization"] == source
+
+
+@pytest.mark.parametrize(
+    ("precedence", "gpc", "tcf", "stored", "personal", "source"),
+    [
+        (("gpc", "tcf", "store"), False, ABSENT, STORED_YES, True, "store"),
+        (("gpc", "tcf", "store"), False, TCF_NO, STORED_YES, False, "tcf"),
+        # Only a bundle that asks for it lets the first source's grant override a refusal.
+        (("store", "tcf", "gpc"), True, TCF_NO, STORED_YES, True, "store"),
+        (("tcf", "store"), True, TCF_YES, STORED_YES, True, "tcf"),
+        # ... and never a stored withdrawal.
+        (("tcf", "store"), False, TCF_YES, STORED_NO, False, "store"),
+    ],
+)
+def test_precedence_comes_from_the_policy_when_it_says_so(
+    precedence: tuple[str, ...],
+    gpc: bool,
+    tcf: object,
+    stored: dict[str, ConsentEntry],
+    personal: bool,
+    source: str,
+) -> None:
+    policy = DEFAULT.model_copy(update={"precedence": precedence, "combine": "precedence"})
     decision = decide(policy, NEEDED, stored, gpc=gpc, tcf=tcf)  # type: ignore[arg-type]
     assert decision.may_personalize is personal
     assert decision.sources["personalization"] == source
