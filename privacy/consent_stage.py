@@ -74,12 +74,19 @@ class ConsentDecision:
         }
 
 
-def _jurisdiction(stored: Mapping[str, ConsentEntry], headers: Mapping[str, str]) -> str:
+def _jurisdiction(stored: Mapping[str, ConsentEntry]) -> str:
+    """The subject's own: the jurisdiction stored with its latest consent, else default.
+    A `Data-Jurisdiction` header can only add rules to it (stage 4), never replace it."""
     if stored:
         latest = max(stored.values(), key=lambda e: e.ts_ms)
         return latest.jurisdiction
+    return "default"
+
+
+def requested_jurisdiction(headers: Mapping[str, str]) -> str | None:
+    """The caller's `Data-Jurisdiction` header, if it names a known jurisdiction."""
     declared = headers.get(JURISDICTION_HEADER, "").strip().lower()
-    return declared if declared in JURISDICTIONS else "default"
+    return declared if declared in JURISDICTIONS else None
 
 
 def _opinion(
@@ -191,7 +198,7 @@ class ConsentStage:
             stored,
             gpc=gpc_opt_out(ctx.headers),
             tcf=tcf_from_headers(ctx.headers),
-            jurisdiction=_jurisdiction(stored, ctx.headers),
+            jurisdiction=_jurisdiction(stored),
             store_ok=store_ok,
         )
         ctx = ctx.evolve(consent=decision)

@@ -25,8 +25,9 @@ import numpy as np
 
 from gateway.pipeline import InferQuery, RankQuery, RequestContext
 from policies import DataPolicy, PolicyReader, RedactionPolicy
+from privacy.consent_stage import requested_jurisdiction
 from privacy.errors import RedactionUnavailable
-from privacy.redaction import Redacted, RedactionRules, Redactor
+from privacy.redaction import Redacted, RedactionRules, Redactor, stricter
 
 log = logging.getLogger("gateway.privacy")
 
@@ -85,10 +86,15 @@ class RedactStage:
         query = ctx.payload
         in_force = self._policy.in_force()
         data, bundle_hash = in_force.data, in_force.content_hash
-        jurisdiction = (ctx.consent.jurisdiction if ctx.consent is not None else None) or "default"
+        base = ctx.consent.jurisdiction if ctx.consent is not None else "default"
+        asked = requested_jurisdiction(ctx.headers)
+        # The caller's header adds its jurisdiction's rules, never removes the subject's.
+        jurisdiction = base if asked in (None, base) else f"{base}+{asked}"
         rules = self._rules.get((bundle_hash, jurisdiction))
         if rules is None:
-            rules = rules_for(data, jurisdiction, bundle_hash)
+            rules = rules_for(data, base, bundle_hash)
+            if asked not in (None, base):
+                rules = stricter(rules, rules_for(data, str(asked), bundle_hash))
             if len(self._rules) > 64:  # old bundles' rules
                 self._rules.clear()
             self._rules[(bundle_hash, jurisdiction)] = rules

@@ -64,6 +64,30 @@ class RedactionRules:
         return self.thresholds.get(entity, self.default_threshold)
 
 
+# From the most to the least revealing: the stricter of two rule sets uses the later one.
+_OPERATOR_STRENGTH = {"mask": 0, "pseudonymize": 1, "replace": 2}
+
+
+def stricter(first: RedactionRules, second: RedactionRules) -> RedactionRules:
+    """Both rule sets at once: every entity either detects, at the lower threshold, with
+    the less revealing operator, and only the terms both allow."""
+    entities = first.entities | second.entities
+    operators: dict[str, str] = {}
+    for entity in entities:
+        chosen = [
+            r.operators.get(entity, "replace") for r in (first, second) if entity in r.entities
+        ]
+        operators[entity] = max(chosen, key=lambda op: _OPERATOR_STRENGTH.get(op, 2))
+    return RedactionRules(
+        entities=entities,
+        operators=operators,
+        thresholds={e: min(first.threshold(e), second.threshold(e)) for e in entities},
+        default_threshold=min(first.default_threshold, second.default_threshold),
+        allow_list=tuple(t for t in first.allow_list if t in second.allow_list),
+        fingerprint=f"{first.fingerprint}+{second.fingerprint}",
+    )
+
+
 @dataclass(frozen=True)
 class Redacted:
     text: str

@@ -369,3 +369,52 @@ def test_postgres_consent_store_behind_the_api(
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_header_never_weakens_the_subjects_own_jurisdiction(
+    client: TestClient, auth: Callable[..., dict[str, str]], settings: Settings
+) -> None:
+    """The subject's stored jurisdiction (california: SSNs redacted) holds whatever the
+    caller's `Data-Jurisdiction` says; the header can only add its own rules."""
+    from privacy.components import open_consent_store
+    from privacy.consent_store import ConsentEntry
+
+    store = open_consent_store(settings)
+    try:
+        entry = ConsentEntry("personalization", True, "consent", "california", "test", 1, "t")
+        store.record(None, "u-ca-resident", [entry])
+    finally:
+        store.close()
+    text = "my ssn is 536-22-8147"
+    for header in ({}, {"Data-Jurisdiction": "default"}, {"Data-Jurisdiction": "eu"}):
+        response = rank(client, auth, "u-ca-resident", query=text, headers=header)
+        assert response.status_code == 200, response.text
+        assert response.json()["redacted"] == {"US_SSN": 1}, header
+
+
+def test_stricter_rules_take_the_union_of_two_jurisdictions() -> None:
+    from privacy.redaction import RedactionRules, stricter
+
+    first = RedactionRules(
+        entities=frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER"}),
+        operators={"EMAIL_ADDRESS": "mask", "PHONE_NUMBER": "replace"},
+        thresholds={"PHONE_NUMBER": 0.6},
+        allow_list=("acme", "help"),
+    )
+    second = RedactionRules(
+        entities=frozenset({"EMAIL_ADDRESS", "US_SSN"}),
+        operators={"EMAIL_ADDRESS": "pseudonymize"},
+        thresholds={"EMAIL_ADDRESS": 0.3},
+        default_threshold=0.5,
+        allow_list=("acme",),
+    )
+    both = stricter(first, second)
+    assert both.entities == {"EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN"}
+    assert dict(both.operators) == {
+        "EMAIL_ADDRESS": "pseudonymize",  # less revealing than mask
+        "PHONE_NUMBER": "replace",
+        "US_SSN": "replace",
+    }
+    assert both.threshold("EMAIL_ADDRESS") == 0.3
+    assert both.threshold("PHONE_NUMBER") == 0.5  # the lower of 0.6 and second's default
+    assert both.allow_list == ("acme",)

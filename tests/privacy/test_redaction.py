@@ -337,3 +337,37 @@ def test_a_finding_under_its_threshold_does_not_widen_a_span() -> None:
         rules,
     )
     assert [text[f.start : f.end] for f in found] == ["212-555-0199"]
+
+
+@pytest.mark.asyncio
+async def test_a_jurisdiction_header_can_only_add_rules(redactor: Redactor) -> None:
+    """A bundle whose `california` set lacks e-mail: a caller naming california for a
+    subject of the default jurisdiction still gets e-mail redacted (and SSNs too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.pipeline import Action, RankQuery
+    from policies import DataPolicy, JurisdictionPolicy, Jurisdictions
+    from privacy.redact_stage import RedactStage
+    from tests.stage_context import stage_context
+
+    data = DataPolicy(
+        models={},
+        jurisdictions=Jurisdictions(
+            default=JurisdictionPolicy(pii_entities=("EMAIL_ADDRESS",)),
+            california=JurisdictionPolicy(pii_entities=("US_SSN",)),
+        ),
+    )
+    query = RankQuery(
+        user_id="u1", item_ids=("i1",), top_k=1, context={"query": "jo@example.com 536-22-8147"}
+    )
+    with ThreadPoolExecutor(1) as pool:
+        stage = RedactStage(redactor, InForce(data, "h"), timeout_s=5, executor=pool)
+        for header, counts in (
+            ({}, {"EMAIL_ADDRESS": 1}),
+            ({"data-jurisdiction": "california"}, {"EMAIL_ADDRESS": 1, "US_SSN": 1}),
+        ):
+            ctx = stage_context(Action.RANK, headers=header, payload=query)
+            out = await stage(ctx)
+            assert out.redaction is not None
+            assert dict(out.redaction.counts) == counts
+            assert "jo@example.com" not in out.payload.context["query"]
