@@ -110,6 +110,15 @@ class Limits(_Frozen):
     max_candidates: int = Field(default=1_000, ge=1)
     max_context_chars: int = Field(default=2_000, ge=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # The HTTP server's own bounds (gateway.server): request line and headers together,
+    # the number of header fields, open connections, and idle keep-alive.
+    max_header_bytes: int = Field(default=16_384, ge=1_024)
+    max_header_count: int = Field(default=100, ge=8)
+    max_connections: int = Field(default=1_000, ge=1)
+    keep_alive_s: int = Field(default=5, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes; none by
+    # default, so a client cannot choose the address its rate limit is keyed on.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 class AuditSettings(_Frozen):

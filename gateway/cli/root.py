@@ -60,6 +60,7 @@ def serve(
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.server import server_config
 
     if init_if_missing:
         init(data_dir)
@@ -67,15 +68,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    application = create_app(settings)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-    )
+    uvicorn.Server(server_config(settings, create_app(settings))).run()
 
 
 @app.command()
