@@ -27,13 +27,8 @@ from audit.merkle import (
     root_from,
     verify_consistency,
 )
-from audit.record import (
-    KIND_ERASURE,
-    KIND_RETENTION,
-    canonical,
-    event_record,
-    parse,
-)
+from audit.record import KIND_ERASURE, canonical, event_record, parse
+from audit.retention import DAY_MS, purge_record
 from audit.store import AuditStore, PendingRecord, StoredCheckpoint, StoreError
 from audit.subjects import SubjectKey, SubjectKeyError, SubjectKeys
 
@@ -44,6 +39,15 @@ Clock = Callable[[], float]
 
 class CheckpointRefused(Exception):  # noqa: N818 - a refusal, named for what happened
     """The log will not sign a checkpoint inconsistent with the last one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge did: its record's index (None: nothing to purge), watermark, deletions."""
+
+    record_index: int | None
+    purged_below: int
+    deleted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +104,19 @@ class AuditLog:
         return await self._appender.append(pending)
 
     async def close(self) -> None:
+        """Stop the background tasks, drain the writer, and sign what it wrote last: the
+        records of a gateway's last minutes are covered by a checkpoint it signed."""
         for task in (self._publisher, self._retention):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._appender.close()
+        if self._publisher is not None:
+            try:
+                await asyncio.to_thread(self.publish_if_grown)
+            except (CheckpointRefused, StoreError) as exc:
+                log.error("no checkpoint signed at shutdown: %s", exc)
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -146,14 +157,21 @@ class AuditLog:
             raise
         return stored
 
+    def publish_if_grown(self) -> StoredCheckpoint | None:
+        """Blocking: sign a checkpoint if records were appended since the last one."""
+        last = self.store.latest_checkpoint()
+        if self.store.size() == (last.size if last else 0):
+            return None
+        return self.publish_checkpoint()
+
     def start_publisher(self, interval_s: float) -> None:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(interval_s)
                 try:
-                    last = self.store.latest_checkpoint()
-                    if self.store.size() != (last.size if last else 0):
-                        await asyncio.to_thread(self.publish_checkpoint)
+                    # Every store call off the event loop: a hung database must stall this
+                    # task only, never the requests (or /healthz) on the loop.
+                    await asyncio.to_thread(self.publish_if_grown)
                 except (CheckpointRefused, StoreError) as exc:
                     log.error("checkpoint not published: %s", exc)
 
@@ -166,16 +184,13 @@ class AuditLog:
         """Purge payloads older than the retention period now and then every interval.
 
         The period is asked for each time, so a reloaded policy bundle takes effect.
+        Each purge is logged (and signed) before it deletes anything.
         """
 
         async def loop() -> None:
             while True:
-                cutoff = self.now_ms() - retention_days() * 86_400_000
                 try:
-                    if await asyncio.to_thread(self._first_index_at_or_after, cutoff) > (
-                        await asyncio.to_thread(self.store.purged_below)
-                    ):
-                        await self.purge_before(cutoff)
+                    await self.purge(retention_days(), trigger="schedule")
                 except (StoreError, AppendFailed) as exc:
                     log.error("retention purge failed: %s", exc)
                 await asyncio.sleep(interval_s)
@@ -230,14 +245,56 @@ class AuditLog:
         )
         return existed
 
-    async def purge_before(self, cutoff_ms: int) -> int:
-        """Delete payloads of records older than `cutoff_ms`; the leaves and proofs stay."""
+    async def purge(self, retention_days: int, *, trigger: str) -> Purged:
+        """Purge the payloads of records older than `retention_days` (see `purge_before`)."""
+        now = self.now_ms()
+        return await self._purge(now - retention_days * DAY_MS, retention_days, trigger, now)
+
+    async def purge_before(
+        self, cutoff_ms: int, *, retention_days: int | None = None, trigger: str = "api"
+    ) -> int:
+        """Delete payloads of records older than `cutoff_ms`; returns how many were deleted.
+
+        Without `retention_days`, the record names the whole days between the cutoff and
+        now (0 for a cutoff less than a day ago), so its statement still holds.
+        """
+        now = self.now_ms()
+        days = retention_days if retention_days is not None else max(0, now - cutoff_ms) // DAY_MS
+        return (await self._purge(cutoff_ms, days, trigger, now)).deleted
+
+    async def _purge(self, cutoff_ms: int, retention_days: int, trigger: str, now: int) -> Purged:
+        """Record before effect: the signed purge record is durable before any payload goes.
+
+        If the append fails, `AppendFailed` propagates and nothing is deleted; if the
+        delete fails after it, the record stands without effect, which verifies (the
+        next purge finishes the job). The leaves, and so every proof, stay.
+        """
         first_kept = await asyncio.to_thread(self._first_index_at_or_after, cutoff_ms)
-        purged = await asyncio.to_thread(self.store.purge_payloads_before, first_kept)
-        await self.append(
-            event_record(KIND_RETENTION, self.now_ms(), purged_below=first_kept, purged=purged)
+        if first_kept <= await asyncio.to_thread(self.store.purged_below):
+            return Purged(None, first_kept, 0)
+        # The tree as it is now (it holds every leaf below `first_kept`): the signed
+        # statement names these very leaves, so it cannot be replayed into another log.
+        size, hashes = await asyncio.to_thread(self.store.frontier_hashes)
+        record = purge_record(
+            self.signer,
+            purged_below=first_kept,
+            cutoff_ms=cutoff_ms,
+            retention_days=retention_days,
+            trigger=trigger,
+            ts_ms=now,
+            tree_size=size,
+            tree_root=Frontier(size, hashes).root(),
         )
-        return purged
+        index = await self.append(record)
+        deleted = await asyncio.to_thread(self.store.purge_payloads_before, first_kept)
+        log.info(
+            "retention purge (%s) logged at index %d: %d payloads below %d deleted",
+            trigger,
+            index,
+            deleted,
+            first_kept,
+        )
+        return Purged(index, first_kept, deleted)
 
     def _first_index_at_or_after(self, cutoff_ms: int) -> int:
         for leaf in self.store.leaves_between(cutoff_ms, 2**62):

@@ -8,6 +8,12 @@ level 0 holds the leaf hashes, and node `(level, index)` covers leaves
 either one such node or the hash of a right-edge range built from at most
 log2(n) of them, so generating a proof reads O(log n) nodes, never the log.
 
+A *compact range* of `[start, end)` is the list of perfect, aligned subtrees
+that exactly cover it, left to right (`range_nodes`, `compact_range`): with the
+compact range left of a slice of leaves and the one right of it, the leaves
+rebuild the root of the whole tree (`Frontier` then `append_subtree`). That is
+how an export proves it holds *every* leaf of its range.
+
 Verifiers follow the numbered algorithms of RFC 9162 §2.1.3.2 and §2.1.4.2 and
 fail with one error type, `ProofError`. Generators reject impossible requests
 (negative index, index >= size, old > new) with `ValueError`: that is a bug in
@@ -17,7 +23,7 @@ the caller, not evidence about the log.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -26,10 +32,12 @@ __all__ = [
     "MemoryTree",
     "NodeGetter",
     "ProofError",
+    "compact_range",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
+    "range_nodes",
     "reference_root",
     "root_from",
     "subtree_hash",
@@ -144,6 +152,43 @@ class Frontier:
         self.size += 1
         return completed
 
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Append many LEAF HASHES, reporting nothing: the verifier's fast path."""
+        hashes = self._hashes
+        size = self.size
+        for leaf in leaves:
+            if len(leaf) != HASH_SIZE:
+                self.size = size
+                raise ValueError(f"leaf hash is {len(leaf)} bytes, not {HASH_SIZE}")
+            h = bytes(leaf)
+            bits = size
+            while bits & 1:
+                h = node_hash(hashes.pop(), h)
+                bits >>= 1
+            hashes.append(h)
+            size += 1
+        self.size = size
+
+    def append_subtree(self, level: int, subtree: bytes) -> None:
+        """Append a whole perfect subtree of `2**level` leaves, given by its hash.
+
+        The subtree must start where the frontier ends, on a multiple of its own
+        size (as every entry of `range_nodes(size, ...)` does); it merges exactly as
+        its `2**level` leaves appended one by one would.
+        """
+        _check_size(level, "level")
+        if len(subtree) != HASH_SIZE:
+            raise ValueError(f"subtree hash is {len(subtree)} bytes, not {HASH_SIZE}")
+        if self.size % (1 << level):
+            raise ValueError(f"a level-{level} subtree cannot start at {self.size}")
+        h = bytes(subtree)
+        merged = level
+        while (self.size >> merged) & 1:
+            h = node_hash(self._hashes.pop(), h)
+            merged += 1
+        self._hashes.append(h)
+        self.size += 1 << level
+
     def root(self) -> bytes:
         """RFC 6962 MTH of `[0, size)`; `EMPTY_ROOT` for an empty tree."""
         if not self._hashes:
@@ -171,6 +216,33 @@ class Frontier:
 
 
 # --- hashes of ranges -------------------------------------------------------------------
+
+
+def range_nodes(start: int, end: int) -> list[tuple[int, int]]:
+    """The compact range of `[start, end)`: `(level, index)` of its perfect subtrees.
+
+    Left to right, each the largest subtree aligned at its own start that still
+    fits; at most two per level, so O(log n) of them. `range_nodes(0, n)` is the
+    frontier of a tree of size n (one subtree per set bit, largest first).
+    """
+    _check_size(start, "start")
+    _check_size(end, "end")
+    if start > end:
+        raise ValueError(f"range start {start} is past its end {end}")
+    nodes = []
+    while start < end:
+        # The largest power of two that divides `start` (any, for 0) and fits.
+        level = (start & -start).bit_length() - 1 if start else (end - start).bit_length() - 1
+        while 1 << level > end - start:
+            level -= 1
+        nodes.append((level, start >> level))
+        start += 1 << level
+    return nodes
+
+
+def compact_range(start: int, end: int, get: NodeGetter) -> list[bytes]:
+    """The hashes of `range_nodes(start, end)`, from stored complete nodes (one read each)."""
+    return [get(level, index) for level, index in range_nodes(start, end)]
 
 
 def subtree_hash(start: int, end: int, get: NodeGetter) -> bytes:

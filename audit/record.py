@@ -72,12 +72,20 @@ def request_record(
     sealed: dict[str, str] | None,
     consent: dict[str, Any] | None = None,
     pii: dict[str, Any] | None = None,
+    tenant: str | None = None,
+    client_request_id: str | None = None,
 ) -> dict[str, Any]:
+    """A request's record. `request_id` is the gateway's own, unique id (the lookup key);
+    `client_request_id` the client's own X-Request-Id when safe to log (never a key);
+    `tenant` the caller's tenant (None: no tenant, the gateway operator's), which scopes
+    who may read the record through the audit API."""
     return {
         "v": RECORD_VERSION,
         "kind": KIND_REQUEST,
         "ts_ms": ts_ms,
         "request_id": request_id,
+        "client_request_id": client_request_id,
+        "tenant": tenant,
         "route": route,
         "action": action,
         "client_id": client_id,

@@ -26,7 +26,12 @@ from typing import Any, ClassVar, Literal, Protocol
 from audit.merkle import HASH_SIZE
 from audit.store import StoredCheckpoint, StoredLeaf, StoreError
 
-__all__ = ["QUERIES", "Role", "SqlAuditStore", "split_hashes"]
+__all__ = ["QUERIES", "DuplicateRequestIdError", "Role", "SqlAuditStore", "split_hashes"]
+
+
+class DuplicateRequestIdError(StoreError):
+    """A request id names more than one record (an old or damaged log): no record is chosen."""
+
 
 _LEAF = (
     "SELECT l.idx, l.leaf_hash, l.request_id, l.ts_ms, p.record FROM {s}.audit_leaves l "
@@ -49,13 +54,16 @@ QUERIES: dict[str, str] = {
     "leaves_between": (
         _LEAF + "WHERE l.ts_ms >= ? AND l.ts_ms < ? AND l.idx > ? ORDER BY l.idx LIMIT 5000"
     ),
-    "index_of": "SELECT idx FROM {s}.audit_leaves WHERE request_id = ? ORDER BY idx LIMIT 1",
+    # Two rows, not one: a request id that names several records must be refused, not
+    # answered with the first (see `index_of`).
+    "index_of": "SELECT idx FROM {s}.audit_leaves WHERE request_id = ? ORDER BY idx LIMIT 2",
     "nodes_after": (
         "SELECT level, idx, hash FROM {s}.audit_nodes WHERE (level, idx) > (?, ?) "
         "ORDER BY level, idx LIMIT 10000"
     ),
     "checkpoints": _CHECKPOINT + "ORDER BY size",
     "latest_checkpoint": _CHECKPOINT + "ORDER BY size DESC LIMIT 1",
+    "checkpoint_at_or_after": _CHECKPOINT + "WHERE size >= ? ORDER BY size LIMIT 1",
     "subject": "SELECT key_id, wrapped FROM {s}.subject_keys WHERE handle = ?",
     "subject_by_pseudonym": (
         "SELECT handle, key_id, wrapped FROM {s}.subject_keys WHERE pseudonym = ?"
@@ -223,8 +231,18 @@ class SqlAuditStore:
         return _leaf(row)
 
     def index_of(self, request_id: str) -> int | None:
-        row = self._one("index_of", (request_id,))
-        return None if row is None else int(row[0])
+        """The one record of `request_id`; raises `DuplicateRequestIdError` if it names several.
+
+        The gateway gives every request a fresh id, so two records of one id mean a log
+        written before ids were unique (clients chose them) or damage. Answering with
+        the first would let a client shadow the record an auditor looks for.
+        """
+        rows = self._rows("index_of", (request_id,))
+        if len(rows) > 1:
+            raise DuplicateRequestIdError(
+                f"request id names records {int(rows[0][0])} and {int(rows[1][0])}"
+            )
+        return int(rows[0][0]) if rows else None
 
     def iter_leaves(self, start: int = 0, end: int | None = None) -> Iterator[StoredLeaf]:
         stop = self.size() if end is None else end
@@ -252,6 +270,10 @@ class SqlAuditStore:
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         row = self._one("latest_checkpoint")
+        return None if row is None else _checkpoint(row)
+
+    def checkpoint_at_or_after(self, size: int) -> StoredCheckpoint | None:
+        row = self._one("checkpoint_at_or_after", (size,))
         return None if row is None else _checkpoint(row)
 
     def subject_key(self, handle: bytes) -> tuple[str, bytes] | None:

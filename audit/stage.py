@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +34,10 @@ class AuditStage:
         self._clock = clock
 
     async def __call__(self, ctx: RequestContext, error: GatewayError | None) -> None:
+        if error is None and _being_cancelled():
+            # Stage 0's time limit cancelled the pipeline: stage 0 records the refusal under
+            # this request id. A record here would be a second one, claiming success.
+            return
         now = self._clock()
         principal = ctx.principal
         subject = sealed = None
@@ -56,6 +61,9 @@ class AuditStage:
         record = request_record(
             ts_ms=int(now * 1000),
             request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
+            # The audit API shows a record only to its own tenant (gateway.routes.audit).
+            tenant=principal.tenant if principal else None,
             route=ctx.route,
             action=ctx.action,
             client_id=principal.client_id if principal else None,
@@ -83,6 +91,11 @@ class AuditStage:
             pii=_summary(ctx.redaction),
         )
         await append_durably(self._log, record)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _data_subject(payload: Any) -> str | None:
@@ -120,16 +133,22 @@ async def append_plain(
     client_id: str | None,
     status: int,
     outcome: str,
+    client_request_id: str | None = None,
+    tenant: str | None = None,
 ) -> None:
     """A record for a request that ran no pipeline (token issuance, transport refusals).
 
-    Raises AuditUnavailable when the record cannot be made durable (fail closed).
+    No caller is authenticated there, so `tenant` is None unless the caller knows better:
+    such records are the gateway operator's. Raises AuditUnavailable when the record
+    cannot be made durable (fail closed).
     """
     await append_durably(
         audit_log,
         request_record(
             ts_ms=int(clock() * 1000),
             request_id=request_id,
+            client_request_id=client_request_id,
+            tenant=tenant,
             route=route,
             action=action,
             client_id=client_id,
@@ -147,15 +166,18 @@ async def append_plain(
 
 def transport_refusal_recorder(
     audit_log: AuditLog, clock: Callable[[], float]
-) -> Callable[[str, str, GatewayError], Awaitable[None]]:
+) -> Callable[[str, str | None, str, GatewayError], Awaitable[None]]:
     """Audit refusals answered by the transport layer (oversized body, timeout)."""
 
-    async def record(request_id: str, path: str, error: GatewayError) -> None:
+    async def record(
+        request_id: str, client_request_id: str | None, path: str, error: GatewayError
+    ) -> None:
         try:
             await append_plain(
                 audit_log,
                 clock,
                 request_id=request_id,
+                client_request_id=client_request_id,
                 route=path,
                 action="transport",
                 client_id=None,

@@ -79,6 +79,11 @@ class AuditStore(Protocol):
 
     def latest_checkpoint(self) -> StoredCheckpoint | None: ...
 
+    def checkpoint_at_or_after(self, size: int) -> StoredCheckpoint | None:
+        """The smallest checkpoint of at least `size` leaves: one index look-up, so a
+        caller can walk or sample the checkpoints without loading them all."""
+        ...
+
     def subject_key(self, handle: bytes) -> tuple[str, bytes] | None: ...
 
     def get_or_create_subject_key(

@@ -60,6 +60,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         metrics=components.metrics,
         max_body_bytes=settings.limits.max_body_bytes,
         timeout_s=settings.limits.request_timeout_s,
+        stream_timeout_s=settings.limits.stream_timeout_s,
         clock=clock,
         on_refusal=(
             transport_refusal_recorder(components.audit, clock) if components.audit else None

@@ -70,6 +70,7 @@ class Components:
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
             request_id=request.scope["state"]["request_id"],
+            client_request_id=request.scope["state"].get("client_request_id"),
             action=action,
             route=request.scope["path"],
             headers=request.headers,
@@ -95,6 +96,7 @@ class Components:
         client_id: str | None,
         status: int,
         outcome: str,
+        client_request_id: str | None = None,
     ) -> None:
         """A record for a request that ran no pipeline (the token endpoint); fails closed."""
         if self.audit is None:
@@ -103,6 +105,7 @@ class Components:
             self.audit,
             self.clock,
             request_id=request_id,
+            client_request_id=client_request_id,
             route=route,
             action=action,
             client_id=client_id,

@@ -202,6 +202,15 @@ class RequestTimeout(GatewayError):
     title = "The request did not complete in time"
 
 
+class AuditDamaged(GatewayError):
+    """The audit log is damaged where a request reads it (an export): nothing is sent,
+    and the detail names the first damaged record so an operator can run `audit verify`."""
+
+    status = 500
+    slug = "audit-damaged"
+    title = "The audit log is damaged"
+
+
 class AuditUnavailable(GatewayError):
     """The audit record could not be made durable, so the request is refused (fail closed)."""
 

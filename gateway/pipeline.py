@@ -166,6 +166,8 @@ class RequestContext:
     route: str
     headers: Mapping[str, str]
     body: bytes = b""
+    # The client's own X-Request-Id when stage 0 found it safe to log; never a lookup key.
+    client_request_id: str | None = None
     received_at: float = 0.0
     principal: Principal | None = None
     # The policy ids that decided stage 2, and the content hash of the bundle they came from.

@@ -110,6 +110,9 @@ class Limits(_Frozen):
     max_candidates: int = Field(default=1_000, ge=1)
     max_context_chars: int = Field(default=2_000, ge=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # A streamed body (an audit export) once its status line is sent: the request timeout
+    # covers the work up to the status line, this bounds the transfer after it.
+    stream_timeout_s: float = Field(default=3600.0, gt=0)
     # The HTTP server's own bounds (gateway.server): request line and headers together,
     # the number of header fields, open connections, and idle keep-alive.
     max_header_bytes: int = Field(default=16_384, ge=1_024)

@@ -1,5 +1,11 @@
 """Stage 0, transport: request id, body-size limit, timeout, HTTP metrics (pure ASGI).
 
+Every request gets its own id from the gateway, returned in `X-Request-Id`: the
+audit log is looked up by it, so a client must not choose it (three requests sent
+with one id would shadow each other's records). A client's own `X-Request-Id` is
+kept beside it as `client_request_id` (scope state, the audit record, and echoed
+in `X-Client-Request-Id`) when it is safe to log, and is never a lookup key.
+
 Pure ASGI rather than BaseHTTPMiddleware: it adds no task or stream copy per
 request, which matters at the latency this gateway targets.
 """
@@ -19,19 +25,35 @@ from gateway.metrics import Metrics
 from gateway.problems import render
 from gateway.randomness import POOL
 
-# Called for refusals the middleware itself answers (413, timeouts), so they are audited too.
-RefusalHook = Callable[[str, str, GatewayError], Awaitable[None]]
+# Called for refusals the middleware itself answers (413, timeouts), so they are audited
+# too: (gateway request id, the client's own id if safe, path, error).
+RefusalHook = Callable[[str, str | None, str, GatewayError], Awaitable[None]]
 
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+# What of a client's own id may reach the log and a response header: short, and nothing
+# that could forge a log line or a header (no space, control character or quote).
+_SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CLIENT_ID_HEADER = b"x-client-request-id"
 
 
 def new_request_id(now: float) -> str:
     """48-bit millisecond time, then 80 random bits (UUIDv7-like), as 32 hex digits.
 
-    Time-ordered ids land at the right edge of the audit log's request-id index;
-    random ones scattered inserts over the whole B-tree and doubled the writer's cost.
+    Unpredictable (80 bits from the kernel CSPRNG) and unique in practice (a collision
+    needs two equal 80-bit draws in one millisecond); the audit store's lookup refuses
+    an id that names two records all the same. Time-ordered ids land at the right edge
+    of the audit log's request-id index; random ones scattered inserts over the whole
+    B-tree and doubled the writer's cost.
     """
     return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{POOL.token_hex(10)}"
+
+
+def safe_client_request_id(raw: bytes) -> str | None:
+    """The client's own `X-Request-Id` if it is safe to log and echo, else None."""
+    if len(raw) > 64:
+        return None  # before decoding: a long header costs nothing to refuse
+    candidate = raw.decode("latin-1")
+    # fullmatch, not match with `$`: `$` also matches before a trailing newline.
+    return candidate if _SAFE_CLIENT_ID.fullmatch(candidate) else None
 
 
 class TransportMiddleware:
@@ -42,6 +64,7 @@ class TransportMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         timeout_s: float,
+        stream_timeout_s: float = 3600.0,
         on_refusal: RefusalHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -51,32 +74,54 @@ class TransportMiddleware:
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.timeout = timeout_s
+        self.stream_timeout = stream_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = self._request_id(scope, self.clock)
-        scope.setdefault("state", {})["request_id"] = request_id
-        id_header = (b"x-request-id", request_id.encode())
+        request_id = new_request_id(self.clock())
+        client_id = self._client_request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["client_request_id"] = client_id
+        id_headers = [(b"x-request-id", request_id.encode())]
+        if client_id is not None:
+            id_headers.append((CLIENT_ID_HEADER, client_id.encode()))
         status_holder = [500]
         response_started = False
+        deadline: asyncio.Timeout | None = None
+        running = False  # inside the deadline: only then may the body's transfer extend it
 
         async def send_wrapper(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
+                if deadline is not None and running and not deadline.expired():
+                    # The work is done: what is left is the transfer of the body, which a
+                    # streamed export may take longer than the request timeout to send.
+                    deadline.reschedule(asyncio.get_running_loop().time() + self.stream_timeout)
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                # Ours replace any the application set: the id is the gateway's to give.
+                kept = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() not in (b"x-request-id", CLIENT_ID_HEADER)
+                ]
+                message["headers"] = [*kept, *id_headers]
             await send(message)
 
         try:
             declared = self._content_length(scope)
             if declared is not None and declared > self.max_body:
                 raise PayloadTooLarge(f"the body limit is {self.max_body} bytes")
-            async with asyncio.timeout(self.timeout):
-                await self.app(scope, self._limited(receive), send_wrapper)
+            async with asyncio.timeout(self.timeout) as deadline:
+                running = True
+                try:
+                    await self.app(scope, self._limited(receive), send_wrapper)
+                finally:
+                    running = False
         except TimeoutError:
             if not response_started:
                 await self._send_error(
@@ -93,14 +138,12 @@ class TransportMiddleware:
             )
 
     @staticmethod
-    def _request_id(scope: Scope, clock: Callable[[], float]) -> str:
+    def _client_request_id(scope: Scope) -> str | None:
+        """The first `X-Request-Id` the client sent, if safe; a later one is ignored."""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                candidate: str = value.decode("latin-1")
-                # A client's id is kept only when it cannot smuggle anything into logs.
-                if _CLIENT_REQUEST_ID.match(candidate):
-                    return candidate
-        return new_request_id(clock())
+                return safe_client_request_id(value)
+        return None
 
     @staticmethod
     def _content_length(scope: Scope) -> int | None:
@@ -129,7 +172,9 @@ class TransportMiddleware:
     async def _send_error(self, error: GatewayError, scope: Scope, send: Send) -> None:
         state: dict[str, Any] = scope.get("state", {})
         if self.on_refusal is not None:
-            await self.on_refusal(state.get("request_id", ""), scope["path"], error)
+            await self.on_refusal(
+                state.get("request_id", ""), state.get("client_request_id"), scope["path"], error
+            )
         status, headers, body = render(error, scope["path"], state.get("request_id"))
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))

@@ -39,8 +39,61 @@ def audit_verify(
         audit_log.store.close()
     typer.echo(
         f"ok: {report.size} records, {report.checkpoints} checkpoints, "
-        f"{report.purged_payloads} payloads purged by retention; origin {audit_log.origin}"
+        f"{report.purged_payloads} payloads purged by retention ({report.purges} signed "
+        f"purges); origin {audit_log.origin}"
     )
+
+
+@audit_app.command("monitor")
+def audit_monitor(
+    url: Annotated[str, typer.Argument(help="The gateway's base URL, e.g. https://gw.example")],
+    state: Annotated[
+        Path, typer.Option("--state", help="File keeping the last checkpoint seen (signed note)")
+    ],
+    pubkey: Annotated[
+        Path, typer.Option("--pubkey", help="File with the log's verifier key, kept by you")
+    ],
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File with a bearer token (audit:read); else $GATEWAY_AUDIT_TOKEN"),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request")] = 10.0,
+) -> None:
+    """Witness the log: fail on a rollback, a fork or a bad signature (run it from cron).
+
+    Exit 0: consistent with the checkpoint kept in --state (or first run, trusted on first
+    use); 1: rollback, fork, bad signature or an unreadable state; 3: could not check.
+    """
+    import os
+
+    import httpx
+
+    from audit.checkpoint import CheckpointError, NoteVerifier
+    from audit.monitor import MonitorAlarm, observe
+
+    try:
+        verifier = NoteVerifier.from_verifier_key(read_file(pubkey).decode().strip())
+    except (CheckpointError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"--pubkey {pubkey}: not a verifier key: {exc}") from exc
+    if token_file is not None:
+        token = read_file(token_file).decode(errors="replace").strip()
+    else:
+        token = os.environ.get("GATEWAY_AUDIT_TOKEN", "").strip()
+    if not token:
+        raise ConfigurationError("no token: pass --token-file or set GATEWAY_AUDIT_TOKEN")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigurationError(f"not an http(s) URL: {url}")
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+            seen = observe(client, verifier, state)
+    except MonitorAlarm as exc:
+        prefix = "error: cannot check" if exc.kind == "unavailable" else "alarm"
+        typer.echo(f"{prefix}: {exc}", err=True)
+        raise typer.Exit(3 if exc.kind == "unavailable" else 1) from None
+    except OSError as exc:  # writing the state file
+        raise ConfigurationError(f"cannot keep the checkpoint in {state}: {exc}") from exc
+    typer.echo(seen.summary(state))
 
 
 @audit_app.command("checkpoint")
@@ -69,10 +122,16 @@ def audit_purge(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Delete record payloads past retention; leaf hashes and proofs stay; the purge is logged."""
+    """Delete record payloads past retention; leaf hashes and proofs stay.
+
+    The purge is logged, signed, before anything is deleted; if that fails, nothing is.
+    """
     import asyncio
 
+    from audit.appender import AppendFailed
     from audit.factory import open_audit_log
+    from audit.log import Purged
+    from audit.store import StoreError
 
     settings = build_settings(data_dir, config)
     days = older_than_days or settings.audit.retention_days
@@ -85,14 +144,24 @@ def audit_purge(
         )
     audit_log = open_audit_log(settings)
 
-    async def purge() -> int:
+    async def purge() -> Purged:
         try:
-            return await audit_log.purge_before(audit_log.now_ms() - days * 86_400_000)
+            return await audit_log.purge(days, trigger="cli")
         finally:
             await audit_log.close()
             audit_log.store.close()
 
-    typer.echo(f"purged {asyncio.run(purge())} record payloads older than {days} days")
+    try:
+        done = asyncio.run(purge())
+    except (AppendFailed, StoreError) as exc:
+        # The delete is one transaction after the append: a failure anywhere deletes nothing.
+        raise ConfigurationError(f"purge failed, nothing deleted: {exc}") from exc
+    logged = (
+        f"; purge logged at index {done.record_index}"
+        if done.record_index is not None
+        else "; nothing to purge, nothing logged"
+    )
+    typer.echo(f"purged {done.deleted} record payloads older than {days} days{logged}")
 
 
 @audit_app.command("erase")
@@ -136,8 +205,14 @@ def audit_export(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write a compliance bundle an auditor verifies offline with `audit verify-bundle`."""
+    """Write a compliance bundle an auditor verifies offline with `audit verify-bundle`.
+
+    The bundle holds every record of the range (those not selected as hashes only),
+    so it proves nothing is missing. A damaged log is refused, naming the first
+    damaged record; nothing is written.
+    """
     from audit.export import (
+        AuditDamaged,
         ExportError,
         ExportFilter,
         parse_time_ms,
@@ -145,6 +220,7 @@ def audit_export(
         write_bundle,
     )
     from audit.factory import open_audit_log
+    from audit.store import StoreError
 
     previous = read_file(previous_checkpoint) if previous_checkpoint else None
     audit_log = open_audit_log(build_settings(data_dir, config))
@@ -160,6 +236,11 @@ def audit_export(
         write_bundle(audit_log, flt, output, previous_checkpoint=previous)
     except ExportError as exc:
         raise ConfigurationError(str(exc)) from exc
+    except AuditDamaged as exc:
+        typer.echo(f"error: audit log damaged, nothing exported: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except StoreError as exc:
+        raise ConfigurationError(f"audit store unavailable, nothing exported: {exc}") from exc
     finally:
         audit_log.store.close()
     typer.echo(f"wrote {output}")
@@ -174,17 +255,50 @@ def audit_verify_bundle(
     previous_checkpoint: Annotated[
         Path | None, typer.Option(help="A checkpoint.note you verified before")
     ] = None,
+    report_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write a self-contained HTML report here (pass or fail; never overwrites)",
+        ),
+    ] = None,
 ) -> None:
     """Verify a bundle offline: no database, no network."""
+    import time
+
     from audit.bundle import BundleInvalid, verify_bundle
+    from audit.report import ReportInput, report_failed, report_verified, write_report
 
     previous = read_file(previous_checkpoint) if previous_checkpoint else None
     if not bundle.is_file():
         raise ConfigurationError(f"no such bundle: {bundle}")
+    if report_file is not None and (report_file.exists() or report_file.is_symlink()):
+        # Checked first as well as at the write (O_EXCL), so no verification is wasted.
+        raise ConfigurationError(f"report file already exists, not overwritten: {report_file}")
+
+    def write(data: ReportInput) -> None:
+        if report_file is None:
+            return
+        try:
+            write_report(report_file, data)
+        except FileExistsError as exc:
+            if exc.filename == str(report_file):
+                raise ConfigurationError(
+                    f"report file already exists, not overwritten: {report_file}"
+                ) from None
+            # A parent that is a file, not a directory.
+            raise ConfigurationError(
+                f"cannot write report {report_file}: {exc.filename} is not a directory"
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write report {report_file}: {exc.strerror}") from None
+        typer.echo(f"report: {report_file}", err=True)
+
     try:
         report = verify_bundle(bundle, pubkey=pubkey, previous_checkpoint=previous)
     except BundleInvalid as exc:
         typer.echo(f"error: bundle invalid: {exc}", err=True)
+        write(report_failed(bundle, exc, pubkey=pubkey, clock=time.time))
         raise typer.Exit(1) from None
     if report.key_source == "bundle":
         typer.echo(
@@ -199,8 +313,10 @@ def audit_verify_bundle(
     )
     typer.echo(
         f"ok: {report.records} records ({report.erased} erased, {report.purged} purged) "
-        f"included in checkpoint {report.checkpoint_size} of {report.origin}{previous_text}"
+        f"included in checkpoint {report.checkpoint_size} of {report.origin}{previous_text}; "
+        f"{report.complete}"
     )
+    write(report_verified(bundle, report, clock=time.time))
 
 
 @audit_app.command("pubkey")

@@ -68,6 +68,7 @@ async def token(request: Request) -> Response:
 async def _audit_token(request: Request, client_id: str | None, status: int, outcome: str) -> None:
     await components_of(request).record_plain(
         request_id=request.scope["state"]["request_id"],
+        client_request_id=request.scope["state"].get("client_request_id"),
         route="/oauth/token",
         action="token.issue",
         client_id=client_id,

@@ -171,10 +171,10 @@ async def test_an_empty_range_gives_an_empty_bundle_that_verifies(env: Env) -> N
 
 @pytest.mark.asyncio
 async def test_the_bundle_streams_and_a_consumer_may_hang_up(env: Env) -> None:
-    more = 1500  # enough that records.jsonl alone spans several chunks
+    more = 3000  # enough that records.jsonl alone spans several chunks
     await asyncio.gather(*(env.log.append(_record(env.log, N + i)) for i in range(more)))
     chunks = list(iter_bundle(env.log, ExportFilter(T0, T0 + 10_000_000)))
-    assert len(chunks) > 4  # header members, records in pieces, proofs, the rest
+    assert len(chunks) > 4  # header members, records in pieces, the rest
     assert max(len(chunk) for chunk in chunks) < 256 * 1024
     (env.tmp / "streamed.zip").write_bytes(b"".join(chunks))
     assert verify_bundle(env.tmp / "streamed.zip", pubkey=env.pubkey).records == N + more
@@ -225,7 +225,8 @@ async def test_filter_by_subject(env: Env) -> None:
     assert subject_pseudonym(env.log, "other-tenant", "u1") is None
     path = export(env, ExportFilter(T0, T0 + 1_000_000, subject_pseudonym=pseudonym))
     assert request_ids(path) == expected(env, lambda r: r["subject"] == pseudonym)
-    assert {line["personal"]["user_id"] for line in lines(path)} == {"u1"}
+    opened = [line for line in lines(path) if "record" in line]  # the rest: hashes only
+    assert {line["personal"]["user_id"] for line in opened} == {"u1"}
     assert verify_bundle(path, pubkey=env.pubkey).records == 10
 
 
@@ -249,7 +250,7 @@ def _data_offset(blob: bytes, info: zipfile.ZipInfo) -> int:
     [
         ("records.jsonl", 0.5),
         ("records.jsonl", 0.05),
-        ("proofs.jsonl", 0.5),
+        ("range.json", 0.5),
         ("checkpoint.note", 0.9),
         ("pubkey.txt", 0.5),
         ("summary.json", 0.5),
@@ -319,8 +320,11 @@ def _flip_decision(row: dict[str, Any]) -> None:
     row["record"] = row["record"].replace('"decision":"deny"', '"decision":"allow"')
 
 
-def _swap_proof_hash(row: dict[str, Any]) -> None:
-    row["proof"][0] = base64.b64encode(hashlib.sha256(b"forged").digest()).decode()
+def _flip_decision_and_rehash(row: dict[str, Any]) -> None:
+    """A forger who also fixes the leaf hash: only the signed root stands in the way."""
+    _flip_decision(row)
+    digest = hashlib.sha256(b"\x00" + row["record"].encode()).digest()
+    row["leaf_hash"] = base64.b64encode(digest).decode()
 
 
 def _add_personal(row: dict[str, Any]) -> None:
@@ -375,15 +379,17 @@ def _add(name: str, data: bytes = b"x") -> Callable[[dict[str, bytes]], None]:
 @pytest.mark.parametrize(
     ("edit", "step"),
     [
-        pytest.param(_edit_line("records.jsonl", 2, _flip_decision), 4, id="record-line"),
-        pytest.param(_edit_line("records.jsonl", 3, _add_personal), 4, id="personal-on-unsealed"),
-        pytest.param(_edit_line("records.jsonl", 3, _claim_index), 4, id="record-reindexed"),
-        pytest.param(_edit_line("proofs.jsonl", 4, _swap_proof_hash), 5, id="proof-hash"),
+        pytest.param(_edit_line("records.jsonl", 2, _flip_decision), 6, id="record-line"),
+        pytest.param(_edit_line("records.jsonl", 3, _add_personal), 6, id="personal-on-unsealed"),
+        pytest.param(_edit_line("records.jsonl", 3, _claim_index), 6, id="record-reindexed"),
+        pytest.param(
+            _edit_line("records.jsonl", 2, _flip_decision_and_rehash), 7, id="record-rehashed"
+        ),
         pytest.param(_forge_signature, 3, id="checkpoint-signature"),
-        pytest.param(_forge_summary, 7, id="summary-json"),
-        pytest.param(_forge_summary_text, 7, id="summary-txt"),
-        pytest.param(_narrow_filter, 4, id="filter-claimed-narrower"),
-        pytest.param(_drop("proofs.jsonl"), 1, id="missing-member"),
+        pytest.param(_forge_summary, 9, id="summary-json"),
+        pytest.param(_forge_summary_text, 9, id="summary-txt"),
+        pytest.param(_narrow_filter, 6, id="filter-claimed-narrower"),
+        pytest.param(_drop("range.json"), 1, id="missing-member"),
         pytest.param(_add("../evil.txt"), 1, id="path-traversal"),
         pytest.param(_add("extra.txt"), 1, id="unexpected-member"),
         pytest.param(_add("pubkey.txt", b"k" * 5000), 1, id="oversize-member"),
@@ -457,8 +463,8 @@ async def test_a_bundle_resigned_by_another_key_fails_with_the_auditors_key(env:
         verify_bundle(forged, pubkey=env.pubkey)
     assert caught.value.step == 3
     with pytest.raises(BundleInvalid) as caught:
-        verify_bundle(forged)  # the forger's key verifies the note, but no proof fits its root
-    assert caught.value.step == 5
+        verify_bundle(forged)  # the forger's key verifies the note, but the leaves rebuild ours
+    assert caught.value.step == 7
 
 
 # --- consistency with an earlier export ------------------------------------------------
@@ -484,7 +490,7 @@ async def test_a_previous_exports_checkpoint_gets_a_consistency_proof(env: Env) 
     new_note = members(second)["checkpoint.note"]
     with pytest.raises(BundleInvalid) as caught:
         verify_bundle(first, pubkey=env.pubkey, previous_checkpoint=new_note)
-    assert caught.value.step == 6
+    assert caught.value.step == 8
     consistency = json.loads(members(second)["consistency.json"])
     assert (consistency["old_size"], consistency["new_size"]) == (N, N + 13)
 
@@ -502,7 +508,7 @@ async def test_a_bundle_from_another_previous_checkpoint_fails(env: Env) -> None
     assert verify_bundle(last, pubkey=env.pubkey).previous_size == N + 3
     with pytest.raises(BundleInvalid) as caught:
         verify_bundle(last, pubkey=env.pubkey, previous_checkpoint=small)
-    assert caught.value.step == 6
+    assert caught.value.step == 8
 
 
 @pytest.mark.asyncio
@@ -554,7 +560,7 @@ async def test_an_erased_subject_shows_erased_and_the_bundle_still_verifies(env:
 
     # Whoever kept the pseudonym still finds the records, and the erasure event.
     mine = export(env, ExportFilter(T0, T0 + 1_000_000, subject_pseudonym=pseudonym), "s.zip")
-    kinds = [json.loads(line["record"])["kind"] for line in lines(mine)]
+    kinds = [json.loads(line["record"])["kind"] for line in lines(mine) if "record" in line]
     assert kinds == ["request"] * 10 + ["erasure"]
     assert verify_bundle(mine, pubkey=env.pubkey).erased == 10
 
@@ -567,8 +573,10 @@ async def test_purged_records_appear_as_hashes_and_still_verify(env: Env) -> Non
     assert report.purged == 10
     assert report.records == N + 1  # plus the retention event
     rows = lines(path)
-    assert [set(row) for row in rows[:10]] == [{"index", "leaf_hash", "purged"}] * 10
-    assert all("record" in row for row in rows[10:])
+    # One run line: the ten purged leaves' hashes, nothing else.
+    assert set(rows[0]) == {"index", "purged"}
+    assert (rows[0]["index"], len(base64.b64decode(rows[0]["purged"]))) == (0, 10 * 32)
+    assert all("record" in row for row in rows[1:])
     summary = json.loads(members(path)["summary.json"])
     assert (summary["purged"], summary["records"]) == (10, N + 1)
     # Purged leaves may have matched any client: they stay in a filtered export.

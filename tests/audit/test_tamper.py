@@ -197,6 +197,49 @@ def checkpoint_validly_signed_for_a_fork(s: Scene) -> tuple[int | None, str]:
     return 30, "inconsistent checkpoint"
 
 
+def move_watermark_and_delete(s: Scene) -> tuple[int | None, str]:
+    # The guards would allow this much; no signed purge record exists.
+    s.raw.execute("UPDATE audit_retention SET purged_below = 20 WHERE id = 1")
+    s.raw.execute("DELETE FROM audit_payloads WHERE idx < 20")
+    return 0, "missing record"
+
+
+def rewrite_without(s: Scene, deleted: int) -> None:
+    """Delete one record and rebuild everything after it: rows, nodes and head agree again."""
+    rows = s.raw.query(
+        "SELECT l.idx, l.leaf_hash, l.request_id, l.ts_ms, p.record FROM audit_leaves l "
+        "JOIN audit_payloads p ON p.idx = l.idx ORDER BY l.idx"
+    )
+    kept = [row for row in rows if row[0] != deleted]
+    for table in ("audit_leaves", "audit_payloads", "audit_nodes"):
+        s.raw.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+    tree = Frontier()
+    for index, (_, digest, request_id, ts_ms, record) in enumerate(kept):
+        s.raw.execute(
+            "INSERT INTO audit_leaves (idx, leaf_hash, request_id, ts_ms) VALUES (?, ?, ?, ?)",
+            (index, bytes(digest), request_id, ts_ms),
+        )
+        s.raw.execute(
+            "INSERT INTO audit_payloads (idx, record) VALUES (?, ?)", (index, bytes(record))
+        )
+        for level, position, node in tree.append(bytes(digest)):
+            s.raw.execute(
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                (level, position, node),
+            )
+    s.raw.execute(
+        "UPDATE audit_head SET size = ?, frontier = ? WHERE id = 1",
+        (tree.size, b"".join(tree.hashes())),
+    )
+
+
+def rewrite_whole_tree(s: Scene) -> tuple[int | None, str]:
+    # Record 17 goes; checkpoint 10 still agrees, 25 and 40 do not. No signed root
+    # lies between 10 and 25, so 10 is the first record that can differ.
+    rewrite_without(s, 17)
+    return 10, "rewritten record"
+
+
 DAMAGES: list[Damage] = [
     flip_payload_byte,
     delete_leaf_row,
@@ -213,6 +256,8 @@ DAMAGES: list[Damage] = [
     checkpoint_body_edited,
     checkpoint_row_disagrees_with_note,
     checkpoint_validly_signed_for_a_fork,
+    move_watermark_and_delete,
+    rewrite_whole_tree,
 ]
 
 
@@ -222,3 +267,52 @@ def test_verify_names_the_damage(scene: Scene, damage: Damage) -> None:
     with pytest.raises(LogDamaged) as caught:
         verify_store(scene.store, scene.log.verifier)
     assert (caught.value.kind, caught.value.index) == (kind, index), str(caught.value)
+
+
+def test_a_rewritten_tree_names_the_range_no_signed_root_vouches_for(scene: Scene) -> None:
+    rewrite_without(scene, 17)
+    with pytest.raises(LogDamaged) as caught:
+        verify_store(scene.store, scene.log.verifier)
+    assert caught.value.step == 5
+    assert str(caught.value) == (
+        "rewritten record at index 10: signed checkpoint 25 committed to other records "
+        "10..24 (records below 10 match signed checkpoint 10)"
+    )
+
+
+@pytest.mark.parametrize("deleted", [0, 17, 38])
+def test_a_rewritten_tree_names_the_deleted_record_under_dense_checkpoints(
+    store: AuditStore, raw: RawDb, deleted: int
+) -> None:
+    # A gateway at low load publishes a checkpoint after nearly every record.
+    audit_log = make_log(store)
+
+    async def build() -> None:
+        try:
+            for n in range(SIZE):
+                await append_request(audit_log, USERS[n % len(USERS)], f"req-{n}")
+                audit_log.publish_checkpoint()
+        finally:
+            await audit_log.close()
+
+    asyncio.run(build())
+    raw.drop_triggers()
+    scene = Scene(store, audit_log, raw)
+    rewrite_without(scene, deleted)
+    with pytest.raises(LogDamaged) as caught:
+        verify_store(store, audit_log.verifier)
+    assert (caught.value.index, caught.value.kind) == (deleted, "rewritten record"), str(
+        caught.value
+    )
+    assert f"other record {deleted} (" in str(caught.value)
+
+
+def test_a_rewrite_past_the_last_agreeing_checkpoint_bounds_the_damage(scene: Scene) -> None:
+    # Record 30 goes: the only later signed root (40) now lies past the log's end.
+    rewrite_without(scene, 30)
+    with pytest.raises(LogDamaged) as caught:
+        verify_store(scene.store, scene.log.verifier)
+    assert str(caught.value) == (
+        "truncated log at index 39: checkpoint at 40 beyond 39 records "
+        "(records below 25 match signed checkpoint 25)"
+    )

@@ -40,13 +40,18 @@ def test_streamed_oversized_body_is_413(
         assert response.json()["status"] == 413
 
 
-def test_request_id_is_generated_or_kept_when_safe(client: TestClient) -> None:
+def test_request_id_is_the_gateways_and_a_safe_client_id_is_echoed(client: TestClient) -> None:
     generated = client.get("/healthz")
     assert len(generated.headers["x-request-id"]) == 32
+    assert "x-client-request-id" not in generated.headers
+    # The client's own id is echoed beside the gateway's, never used as the request id.
     kept = client.get("/healthz", headers={"X-Request-Id": "client-abc-123"})
-    assert kept.headers["x-request-id"] == "client-abc-123"
+    assert kept.headers["x-request-id"] != "client-abc-123"
+    assert len(kept.headers["x-request-id"]) == 32
+    assert kept.headers["x-client-request-id"] == "client-abc-123"
     replaced = client.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"})
     assert replaced.headers["x-request-id"] != "bad id\twith spaces"
+    assert "x-client-request-id" not in replaced.headers
 
 
 def test_unknown_route_and_method_are_problems(client: TestClient) -> None:

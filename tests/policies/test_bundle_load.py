@@ -106,7 +106,8 @@ def test_schema_mismatch_names_policy_and_line(edit: EditBundle) -> None:
 
 
 def test_schema_json_syntax_error(edit: EditBundle) -> None:
-    path = edit("schema.cedarschema.json", '"AuditLog": {},', '"AuditLog": {}')
+    # The comma between AuditLog's block and Subject goes missing.
+    path = edit("schema.cedarschema.json", '},\n      "Subject": {}', '}\n      "Subject": {}')
     error = refused(path)
     assert error.file == "schema.cedarschema.json"
     assert error.line == line_of(path / "schema.cedarschema.json", '"Subject": {}')

@@ -137,6 +137,7 @@ def test_policy_ids_are_the_id_annotations(default_bundle: PolicyBundle) -> None
         "scope-subject-erase",
         "scope-admin",
         "forbid-blocked-model",
+        "forbid-audit-all-tenants",
         "forbid-suspended-tenant",
     )
 

@@ -23,7 +23,10 @@ def test_removed_permit_is_reported(default_bundle: PolicyBundle, edit: EditBund
     edit("manifest.yaml", "version: 1.0.0", "version: 1.1.0")
     new = load_bundle(path)
     report = diff_bundles(default_bundle, new)
-    assert [t.name for t in report.test_changes] == ["audit.export with audit:export"]
+    assert [t.name for t in report.test_changes] == [
+        "an auditor of the whole gateway exports every tenant's records",
+        "audit.export with audit:export",
+    ]
     assert report.decision_changes
     for change in report.decision_changes:
         assert change.request.action == "audit.export"
