@@ -8,11 +8,12 @@ The names below are the package's interface to the other concern packages.
 from audit.appender import AppendFailed
 from audit.export import subject_pseudonym
 from audit.log import AuditLog
-from audit.record import RecordError, parse
+from audit.record import KIND_CONSENT, RecordError, parse
 from audit.store import StoreError
 from audit.subjects import SubjectKeyError
 
 __all__ = [
+    "KIND_CONSENT",
     "AppendFailed",
     "AuditLog",
     "RecordError",

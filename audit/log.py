@@ -230,20 +230,32 @@ class AuditLog:
 
     # -- erasure and retention -----------------------------------------------
 
+    async def record_event(self, kind: str, **fields: Any) -> int:
+        """Append a change-of-state record stamped now; its leaf index once durable.
+
+        Raises `AppendFailed` when it is not durable: the caller then makes no change.
+        """
+        return await self.append(event_record(kind, self.now_ms(), **fields))
+
     async def erase_subject(self, tenant: str | None, subject_id: str) -> bool:
-        """Crypto-shred the subject's key and log the erasure. True if a key existed."""
+        """Log the erasure, then crypto-shred the subject's key. True if a key was destroyed.
+
+        Record before effect: the erasure event, naming the pseudonym about to die, is
+        durable before the key goes; if the append fails, `AppendFailed` propagates and
+        nothing is erased. A crash (or a failed delete) between the two leaves a record
+        without its effect, which verifies; the retry appends a second event for the
+        same pseudonym and destroys the key, so erasure stays idempotent.
+        """
         handle = self.subjects.handle(tenant, subject_id)
         key = await asyncio.to_thread(self.subjects.lookup, handle)
-        existed = await asyncio.to_thread(self.subjects.destroy, handle)
-        await self.append(
-            event_record(
-                KIND_ERASURE,
-                self.now_ms(),
-                subject=key.pseudonym if key else None,
-                key_existed=existed,
-            )
+        await self.record_event(
+            KIND_ERASURE,
+            # The record's tenant scopes who may read it through the audit API.
+            tenant=tenant,
+            subject=key.pseudonym if key else None,
+            key_existed=key is not None,
         )
-        return existed
+        return await asyncio.to_thread(self.subjects.destroy, handle)
 
     async def purge(self, retention_days: int, *, trigger: str) -> Purged:
         """Purge the payloads of records older than `retention_days` (see `purge_before`)."""

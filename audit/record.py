@@ -20,6 +20,10 @@ KIND_REQUEST = "request"
 KIND_ERASURE = "erasure"
 KIND_RETENTION = "retention"
 KIND_POLICY_RELOAD = "policy-reload"
+# Changes of state recorded before they take effect (record before effect).
+KIND_CONSENT = "consent"
+KIND_KEY_ROTATION = "key-rotation"
+KIND_KEY_DELETION = "key-deletion"
 
 
 class RecordError(Exception):

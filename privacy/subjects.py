@@ -9,10 +9,19 @@ log, the consent store and these endpoints all key the subject by that same
 - the consent store keeps HMAC(consent handle key, tenant || 0 || user_id);
 - the feature store is shared by all tenants and keyed by user_id alone.
 
-Erasure (idempotent): the feature row (file and memory), then the consent history
-under an erasure marker, then the audit subject key (crypto-shredding, with an
-erasure event appended to the log, which therefore still verifies). A failure in
-any step is a 503 and the call can simply be repeated.
+Record before effect: a consent write and an erasure each append their event to
+the audit log durably before anything changes; if that append fails, nothing
+changes and the caller gets 503 audit-unavailable.
+
+Consent write: the "consent" event (subject pseudonym, tenant, and the entries as
+stored: purpose, granted, lawful basis, jurisdiction, source, policy version; no
+raw id), then the consent store.
+
+Erasure (idempotent): the erasure event (the pseudonym about to die), then the
+audit subject key (crypto-shredding; the log still verifies), then the consent
+history under an erasure marker, then the feature row (file and memory). A
+failure in any step is a 503 and the call can simply be repeated: a step already
+done is a no-op, and a repeated event is one more record of the same intent.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import (
+    KIND_CONSENT,
     AppendFailed,
     AuditLog,
     RecordError,
@@ -35,7 +45,7 @@ from audit import (
 )
 from gateway.errors import AuditUnavailable
 from models import FeatureStore
-from privacy.consent_store import ConsentStore, ConsentStoreError
+from privacy.consent_store import ConsentEntry, ConsentStore, ConsentStoreError
 from privacy.errors import ConsentUnavailable
 from privacy.feature_erasure import erase_user
 
@@ -58,6 +68,39 @@ class SubjectService:
         # Only this tenant's subjects have rows in the feature store (settings.model).
         self._features_tenant = features_tenant
         self._clock = clock
+
+    # -- consent -------------------------------------------------------------
+
+    async def record_consent(
+        self, tenant: str | None, subject_id: str, entries: list[ConsentEntry]
+    ) -> dict[str, ConsentEntry]:
+        """Log the consent change durably, then store it; the subject's current consent.
+
+        If the event cannot be appended, nothing is stored (AuditUnavailable, 503).
+        """
+        if self._audit is not None:  # None: dev mode with the audit log switched off
+            try:
+                key = await self._audit.subject_key(tenant, subject_id)
+                await self._audit.record_event(
+                    KIND_CONSENT,
+                    # The action that made the change: the record reads like the request's.
+                    action="consent.write",
+                    tenant=tenant,
+                    subject=key.pseudonym,
+                    consents=[e.as_json() for e in entries],
+                )
+            except (AppendFailed, StoreError, SubjectKeyError) as exc:
+                raise AuditUnavailable(
+                    log_cause=f"consent not recorded, nothing stored: {exc}"
+                ) from exc
+        try:
+            await asyncio.to_thread(self.consent.record, tenant, subject_id, entries)
+            current: dict[str, ConsentEntry] = await asyncio.to_thread(
+                self.consent.current, tenant, subject_id
+            )
+        except ConsentStoreError as exc:
+            raise ConsentUnavailable(log_cause=f"consent store: {exc}") from exc
+        return current
 
     # -- access --------------------------------------------------------------
 
@@ -119,14 +162,28 @@ class SubjectService:
     # -- erasure -------------------------------------------------------------
 
     async def erase(self, tenant: str | None, subject_id: str) -> dict[str, Any]:
-        # The consent store's erasure marker first: it is what start-up re-applies to the
-        # feature store, so a failure below is repaired by a retry or a restart, never lost.
+        # 1-2. The erasure event, durable, then the audit subject key (AuditLog.erase_subject):
+        # if the event cannot be appended, nothing below happens.
+        audit_key = False
+        if self._audit is not None:
+            try:
+                audit_key = await self._audit.erase_subject(tenant, subject_id)
+            except AppendFailed as exc:
+                raise AuditUnavailable(
+                    log_cause=f"erasure not recorded, nothing erased: {exc}"
+                ) from exc
+            except (StoreError, SubjectKeyError) as exc:
+                raise AuditUnavailable(log_cause=f"audit erasure: {exc}") from exc
+        # 3. The consent store's erasure marker before the feature row: it is what start-up
+        # re-applies to the feature store, so a failure below is repaired by a retry or a
+        # restart, never lost.
         try:
             consent_rows = await asyncio.to_thread(
                 self.consent.erase, tenant, subject_id, int(self._clock() * 1000)
             )
         except ConsentStoreError as exc:
             raise ConsentUnavailable(log_cause=f"consent erasure: {exc}") from exc
+        # 4. The feature row.
         feature_row = False
         owned = tenant == self._features_tenant
         if owned and self._features is not None and self._features_path is not None:
@@ -136,12 +193,6 @@ class SubjectService:
                 )
             except (OSError, ValueError) as exc:
                 raise ConsentUnavailable(log_cause=f"feature erasure: {exc}") from exc
-        audit_key = False
-        if self._audit is not None:
-            try:
-                audit_key = await self._audit.erase_subject(tenant, subject_id)
-            except (AppendFailed, StoreError, SubjectKeyError) as exc:
-                raise AuditUnavailable(log_cause=f"audit erasure: {exc}") from exc
         return {
             "erased": True,
             "feature_row_erased": feature_row,

@@ -190,7 +190,9 @@ class LocalKeyring:
     def entries(self) -> list[KekInfo]:
         return list(self._keys.values())
 
-    def _new_id(self) -> str:
+    def new_key_id(self) -> str:
+        """A fresh KEK id, for `rotate(kek_id)`: a rotation names its new key in the audit
+        log before the key exists (record before effect)."""
         stamp = datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y%m%dT%H%M%S")
         return f"kek-{stamp}-{secrets.token_hex(3)}"
 
@@ -201,8 +203,10 @@ class LocalKeyring:
                 return []
             return self._add_active()
 
-    def _add_active(self) -> list[Path]:
-        kek_id = self._new_id()
+    def _add_active(self, kek_id: str | None = None) -> list[Path]:
+        kek_id = kek_id or self.new_key_id()
+        if kek_id in self._keys:
+            raise KeyringError(f"key {kek_id!r} is already in the keyring")
         path = self._key_file(kek_id)
         write_private(path, secrets.token_bytes(32))
         for old in list(self._keys.values()):
@@ -232,10 +236,11 @@ class LocalKeyring:
             self._save()
             return True
 
-    def rotate(self) -> str:
-        """A new active KEK; the previous one is retired (still unwraps until deleted)."""
+    def rotate(self, kek_id: str | None = None) -> str:
+        """A new active KEK (under `kek_id` if given, see `new_key_id`); the previous one is
+        retired (still unwraps until deleted)."""
         with self._lock:
-            self._add_active()
+            self._add_active(kek_id)
             return self._active_id()
 
     def delete(self, kek_id: str) -> None:

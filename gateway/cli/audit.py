@@ -185,7 +185,17 @@ def audit_erase(
             await audit_log.close()
             audit_log.store.close()
 
-    existed = asyncio.run(erase())
+    from audit.appender import AppendFailed
+    from audit.store import StoreError
+    from audit.subjects import SubjectKeyError
+
+    try:
+        existed = asyncio.run(erase())
+    except AppendFailed as exc:
+        # Recorded first: no record, no erasure.
+        raise ConfigurationError(f"erasure not recorded, nothing erased: {exc}") from exc
+    except (StoreError, SubjectKeyError) as exc:
+        raise ConfigurationError(f"erasure failed (run it again): {exc}") from exc
     typer.echo(
         "erased: subject key destroyed" if existed else "no key for this subject; erasure logged"
     )

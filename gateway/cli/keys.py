@@ -1,12 +1,22 @@
-"""`gateway keys list|rotate|delete-retired`: the keyring's KEKs and what they wrap."""
+"""`gateway keys list|rotate|delete-retired`: the keyring's KEKs and what they wrap.
+
+Record before effect: a rotation and a deletion are appended to the audit log
+(opened as the other audit commands open it) durably before the keyring
+changes. If the append fails, the keyring is left as it was and the command
+exits non-zero with one line. A rotation writes two records: its intent (the new
+KEK's id, chosen before the key exists, and the KEK it retires) before anything
+changes, and its outcome (how many keys were re-wrapped) after. With the audit
+log switched off (dev mode only) the change is made unrecorded, with a warning.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,10 +25,70 @@ from gateway.errors import ConfigurationError
 from gateway.files import replace_private
 
 if TYPE_CHECKING:
+    from audit.log import AuditLog
+    from audit.store import AuditStore
     from gateway.settings import Settings
     from security.keyring import KeyProvider, LocalKeyring
 
 keys_app = typer.Typer(help="Rotate and retire key-encryption keys.", no_args_is_help=True)
+
+
+class ChangeNotRecorded(ConfigurationError):  # noqa: N818 - named for what happened
+    """The audit log refused a key change's record."""
+
+
+class ChangeLog:
+    """The audit log as the keys commands record their changes (a context manager).
+
+    Opened as `gateway audit purge` opens it; None inside when the audit log is
+    switched off (dev mode), and then changes go unrecorded, with a warning.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from audit.factory import open_audit_log
+
+        self._log: AuditLog | None = None
+        if settings.audit.enabled:
+            try:
+                self._log = open_audit_log(settings)
+            except ConfigurationError as exc:
+                raise ChangeNotRecorded(f"audit log unavailable: {exc}") from exc
+        else:
+            typer.echo(
+                "warning: the audit log is switched off (dev mode): "
+                "this key change is not recorded",
+                err=True,
+            )
+        self._runner = asyncio.Runner()
+
+    @property
+    def store(self) -> AuditStore | None:
+        return self._log.store if self._log is not None else None
+
+    def record(self, kind: str, **fields: Any) -> int | None:
+        """Append durably, or raise `ChangeNotRecorded`; the record's index (None: off)."""
+        from audit.appender import AppendFailed
+
+        if self._log is None:
+            return None
+        try:
+            return self._runner.run(self._log.record_event(kind, **fields))
+        except AppendFailed as exc:
+            raise ChangeNotRecorded(f"audit log unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            if self._log is not None:
+                self._runner.run(self._log.close())
+                self._log.store.close()
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> ChangeLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -30,6 +100,8 @@ class RotationReport:
     failures: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     kept: dict[str, int] = field(default_factory=dict)
+    # Set when the rotation took effect but its outcome record could not be appended.
+    unrecorded: str | None = None
 
 
 def _package_dirs(root: Path) -> list[Path]:
@@ -69,8 +141,11 @@ def rewrap_models(root: Path, keyring: KeyProvider) -> tuple[int, list[str]]:
     return done, failures
 
 
-def key_references(settings: Settings) -> Counter[str]:
-    """How many wrapped DEKs (model packages + audit subject keys) each KEK id wraps."""
+def key_references(settings: Settings, store: AuditStore | None = None) -> Counter[str]:
+    """How many wrapped DEKs (model packages + audit subject keys) each KEK id wraps.
+
+    `store`: the audit store already open, else one is opened (and closed) here.
+    """
     from audit.factory import open_store
     from models.package_format import WRAPPED_DEK
 
@@ -80,15 +155,16 @@ def key_references(settings: Settings) -> Counter[str]:
             refs[str(json.loads((directory / WRAPPED_DEK).read_text())["kek_id"])] += 1
         except (OSError, ValueError, KeyError, TypeError):
             refs["<unreadable>"] += 1
-    if _audit_store_present(settings):
+    if store is not None or _audit_store_present(settings):
         from audit.store import StoreError
 
         try:
-            store = open_store(settings)
+            opened = store or open_store(settings)
             try:
-                refs.update(store.subject_key_ids())
+                refs.update(opened.subject_key_ids())
             finally:
-                store.close()
+                if store is None:
+                    opened.close()
         except StoreError as exc:
             # Unknown references: nothing may be deleted.
             raise ConfigurationError(f"cannot count audit subject keys: {exc}") from exc
@@ -106,54 +182,118 @@ def _audit_store_present(settings: Settings) -> bool:
     )
 
 
-def rewrap_subjects(settings: Settings, keyring: KeyProvider) -> int:
+def rewrap_subjects(
+    settings: Settings, keyring: KeyProvider, store: AuditStore | None = None
+) -> int:
+    """Re-wrap every audit subject key under the current KEK; `store` as in key_references."""
     from audit.factory import open_store, subject_keys
 
-    store = open_store(settings)
+    opened = store or open_store(settings)
     try:
-        subjects = subject_keys(settings, store, keyring)
-        done, _total = subjects.rewrap_all()
+        done, _total = subject_keys(settings, opened, keyring).rewrap_all()
         return done
     finally:
-        store.close()
+        if store is None:
+            opened.close()
 
 
-def delete_unreferenced(
-    settings: Settings, keyring: LocalKeyring
+def plan_deletion(
+    settings: Settings, keyring: LocalKeyring, store: AuditStore | None = None
 ) -> tuple[list[str], dict[str, int]]:
-    refs = key_references(settings)
-    deleted: list[str] = []
+    """Retired KEKs nothing references (to delete), and those still referenced (kept)."""
+    refs = key_references(settings, store)
+    doomed: list[str] = []
     kept: dict[str, int] = {}
     for info in keyring.entries():
         if info.state != "retired":
             continue
         if refs.get(info.id, 0) or refs.get("<unreadable>", 0):
             kept[info.id] = refs.get(info.id, 0)
-            continue
-        keyring.delete(info.id)
-        deleted.append(info.id)
-    return deleted, kept
+        else:
+            doomed.append(info.id)
+    return doomed, kept
 
 
-def rotate(settings: Settings, *, delete_retired: bool = False) -> RotationReport:
+def delete_unreferenced(
+    settings: Settings, keyring: LocalKeyring, changes: ChangeLog | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """Destroy the retired KEKs nothing references, recorded first; (deleted, kept).
+
+    `changes`: the audit log already open, else it is opened (and closed) here.
+    Raises `ChangeNotRecorded` (nothing deleted) when the record cannot be appended.
+    """
+    if changes is None:
+        with ChangeLog(settings) as opened:
+            return delete_unreferenced(settings, keyring, opened)
+    from audit.record import KIND_KEY_DELETION
+
+    doomed, kept = plan_deletion(settings, keyring, changes.store)
+    if doomed:
+        changes.record(KIND_KEY_DELETION, kek_ids=doomed, kept=sorted(kept))
+        for kek_id in doomed:
+            keyring.delete(kek_id)
+    return doomed, kept
+
+
+def rotate(
+    settings: Settings, *, delete_retired: bool = False, changes: ChangeLog | None = None
+) -> RotationReport:
+    """New active KEK, recorded first; re-wrap every DEK and subject key under it.
+
+    `changes`: the audit log already open, else it is opened (and closed) here.
+    Raises `ChangeNotRecorded` (keyring unchanged) when the intent cannot be appended.
+    """
+    if changes is None:
+        with ChangeLog(settings) as opened:
+            return rotate(settings, delete_retired=delete_retired, changes=opened)
+    from audit.record import KIND_KEY_ROTATION
     from audit.store import StoreError
     from audit.subjects import SubjectKeyError
-    from security.keyring import keyring_from_settings
+    from security.keyring import KeyringError, keyring_from_settings
 
     keyring = keyring_from_settings(settings, require_active=False)
     before = [k.id for k in keyring.entries()]
-    new_key = keyring.rotate()
+    active = [k.id for k in keyring.entries() if k.state == "active"]
+    # The new key's id is chosen first, so the record names it before it exists.
+    new_key = keyring.new_key_id()
+    changes.record(
+        KIND_KEY_ROTATION,
+        step="intent",
+        new_kek=new_key,
+        retired_kek=active[0] if active else None,
+        delete_retired=delete_retired,
+    )
+    try:
+        keyring.rotate(new_key)
+    except (KeyringError, OSError) as exc:
+        raise ConfigurationError(f"rotation failed, keyring unchanged: {exc}") from exc
     report = RotationReport(new_key=new_key, retired=before)
     report.models, report.failures = rewrap_models(
         settings.resolve(settings.packages.directory), keyring
     )
-    if _audit_store_present(settings):
+    if changes.store is not None or _audit_store_present(settings):
         try:
-            report.subjects = rewrap_subjects(settings, keyring)
+            report.subjects = rewrap_subjects(settings, keyring, changes.store)
         except (StoreError, SubjectKeyError, ConfigurationError) as exc:
             report.failures.append(f"audit subject keys: {exc}")
+    try:
+        changes.record(
+            KIND_KEY_ROTATION,
+            step="done",
+            new_kek=new_key,
+            model_keys_rewrapped=report.models,
+            subject_keys_rewrapped=report.subjects,
+            failures=len(report.failures),
+        )
+    except ChangeNotRecorded as exc:
+        # The rotation stands (its intent is logged); nothing more may change unrecorded.
+        report.unrecorded = str(exc)
+        return report
     if delete_retired and not report.failures:
-        report.deleted, report.kept = delete_unreferenced(settings, keyring)
+        try:
+            report.deleted, report.kept = delete_unreferenced(settings, keyring, changes)
+        except ChangeNotRecorded as exc:
+            report.unrecorded = str(exc)
     return report
 
 
@@ -169,13 +309,23 @@ def keys_rotate(
     config: ConfigOpt = None,
 ) -> None:
     """New active KEK; re-wrap every model DEK and audit subject key; retire the old KEK."""
-    report = rotate(build_settings(data_dir, config), delete_retired=delete_retired)
+    settings = build_settings(data_dir, config)
+    try:
+        report = rotate(settings, delete_retired=delete_retired)
+    except ChangeNotRecorded as exc:
+        raise ConfigurationError(f"rotation not recorded, keyring unchanged: {exc}") from exc
     typer.echo(f"active KEK: {report.new_key} (retired: {', '.join(report.retired) or '-'})")
     typer.echo(f"re-wrapped: {report.models} model keys, {report.subjects} audit subject keys")
     for kek_id in report.deleted:
         typer.echo(f"deleted retired KEK {kek_id}")
     for kek_id, count in report.kept.items():
         typer.echo(f"kept retired KEK {kek_id}: still wraps {count} keys")
+    if report.unrecorded:
+        typer.echo(
+            f"error: rotated, but not recorded further and nothing deleted: {report.unrecorded}",
+            err=True,
+        )
+        raise typer.Exit(1)
     if report.failures:
         for failure in report.failures:
             typer.echo(f"error: not re-wrapped: {failure}", err=True)
@@ -188,7 +338,10 @@ def keys_delete_retired(data_dir: DataDirOpt = None, config: ConfigOpt = None) -
     from security.keyring import keyring_from_settings
 
     settings = build_settings(data_dir, config)
-    deleted, kept = delete_unreferenced(settings, keyring_from_settings(settings))
+    try:
+        deleted, kept = delete_unreferenced(settings, keyring_from_settings(settings))
+    except ChangeNotRecorded as exc:
+        raise ConfigurationError(f"deletion not recorded, nothing deleted: {exc}") from exc
     for kek_id in deleted:
         typer.echo(f"deleted retired KEK {kek_id}")
     for kek_id, count in kept.items():

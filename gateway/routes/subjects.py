@@ -9,7 +9,9 @@
 
 Each runs the pipeline (authenticate, authorize with Cedar, audit); the work runs
 as the respond stage so the audit record carries the real status. The subject
-is `{id}` within the caller's tenant (see privacy.subjects).
+is `{id}` within the caller's tenant (see privacy.subjects). A consent write and
+an erasure change state: each appends its own event record durably before the
+change (privacy.subjects), besides the request's record of stage 8.
 """
 
 from __future__ import annotations
@@ -128,11 +130,9 @@ async def put_consent(request: Request, subject_id: str) -> Response:
             )
             for i in update.consents
         ]
-        try:
-            await _thread(service.consent.record, _tenant(ctx), subject, entries)
-            current = await _thread(service.consent.current, _tenant(ctx), subject)
-        except ConsentStoreError as exc:
-            raise ConsentUnavailable(log_cause=f"consent store: {exc}") from exc
+        # Record before effect: the consent event is durable in the audit log before the
+        # store changes (503 audit-unavailable and nothing stored otherwise).
+        current = await service.record_consent(_tenant(ctx), subject, entries)
         return json_response(_consent_body(subject, current))
 
     return await _run(request, Action.CONSENT_WRITE, subject, work, await request.body())
