@@ -1,4 +1,9 @@
-"""Stage 8: one audit record per request, allowed or refused, durable before the response."""
+"""Stage 8: one audit record per request, allowed or refused, durable before the response.
+
+Refusals of callers no one authenticated go through the refusal budget
+(audit.refusals) first: past a source's budget they are counted and appended as one
+aggregate record per source and window, instead of one record each.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 from audit.appender import AppendFailed
 from audit.log import AuditLog
 from audit.record import request_record
+from audit.refusals import RefusalBudget
 from audit.store import StoreError
 from audit.subjects import SubjectKeyError, SubjectKeys
 from gateway.errors import AuditUnavailable, GatewayError
@@ -29,17 +35,33 @@ async def append_durably(audit_log: AuditLog, record: dict[str, Any]) -> None:
 class AuditStage:
     name = "audit"
 
-    def __init__(self, audit_log: AuditLog, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        clock: Callable[[], float],
+        refusals: RefusalBudget | None = None,
+    ) -> None:
         self._log = audit_log
         self._clock = clock
+        self._refusals = refusals
 
     async def __call__(self, ctx: RequestContext, error: GatewayError | None) -> None:
+        principal = ctx.principal
+        refusals = self._refusals
+        if refusals is not None:
+            if principal is not None:
+                # Before anything can return: a timeout that stage 0 records for this
+                # request must be recorded individually, its caller being known.
+                refusals.caller_known(ctx.request_id)
+            elif error is not None and not refusals.admit(
+                ctx.request_id, action=ctx.action, status=error.status, outcome=error.slug
+            ):
+                return  # an anonymous refusal past its source's budget: counted
         if error is None and _being_cancelled():
             # Stage 0's time limit cancelled the pipeline: stage 0 records the refusal under
             # this request id. A record here would be a second one, claiming success.
             return
         now = self._clock()
-        principal = ctx.principal
         subject = sealed = None
         query = ctx.payload
         subject_id = _data_subject(query)
@@ -135,13 +157,22 @@ async def append_plain(
     outcome: str,
     client_request_id: str | None = None,
     tenant: str | None = None,
+    refusals: RefusalBudget | None = None,
 ) -> None:
     """A record for a request that ran no pipeline (token issuance, transport refusals).
 
     No caller is authenticated there, so `tenant` is None unless the caller knows better:
-    such records are the gateway operator's. Raises AuditUnavailable when the record
-    cannot be made durable (fail closed).
+    such records are the gateway operator's. A refusal with no `client_id` is anonymous:
+    with a budget, it may be counted instead (audit.refusals). Raises AuditUnavailable
+    when the record cannot be made durable (fail closed).
     """
+    if (
+        refusals is not None
+        and client_id is None
+        and status >= 400
+        and not refusals.admit(request_id, action=action, status=status, outcome=outcome)
+    ):
+        return
     await append_durably(
         audit_log,
         request_record(
@@ -165,9 +196,13 @@ async def append_plain(
 
 
 def transport_refusal_recorder(
-    audit_log: AuditLog, clock: Callable[[], float]
+    audit_log: AuditLog, clock: Callable[[], float], refusals: RefusalBudget | None = None
 ) -> Callable[[str, str | None, str, GatewayError], Awaitable[None]]:
-    """Audit refusals answered by the transport layer (oversized body, timeout)."""
+    """Audit refusals answered by the transport layer (oversized body, timeout).
+
+    Stage 0 does not know the caller, so with a budget these are anonymous refusals,
+    unless the audit stage has told the budget that stage 1 authenticated the caller.
+    """
 
     async def record(
         request_id: str, client_request_id: str | None, path: str, error: GatewayError
@@ -183,6 +218,7 @@ def transport_refusal_recorder(
                 client_id=None,
                 status=error.status,
                 outcome=error.slug,
+                refusals=refusals,
             )
         except AuditUnavailable as exc:
             # The client is refused either way; the failure to audit must reach operators.

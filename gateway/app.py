@@ -63,7 +63,10 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
         stream_timeout_s=settings.limits.stream_timeout_s,
         clock=clock,
         on_refusal=(
-            transport_refusal_recorder(components.audit, clock) if components.audit else None
+            transport_refusal_recorder(components.audit, clock, components.refusals)
+            if components.audit
+            else None
         ),
+        sources=components.refusals,
     )
     return app

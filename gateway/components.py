@@ -3,7 +3,8 @@
 `open_components` is the only code that builds components; routes reach them through
 `components_of(request)` and change running state only through `gateway.control`.
 No field is optional except the audit log, which only dev mode may switch off and which
-routes reach through `audit_log()` and `record_plain()`.
+routes reach through `audit_log()` and `record_plain()`, and the anonymous-refusal budget
+that exists only with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.requests import Request
 
 from audit.factory import open_audit_log
 from audit.log import AuditLog
+from audit.refusals import RefusalBudget, RefusalLimits
 from audit.stage import append_plain
 from gateway.derivation import Purpose
 from gateway.errors import NotFound
@@ -66,6 +68,9 @@ class Components:
     inspection: Inspection
     variant_metrics: VariantMetrics
     pipelines: Pipelines = field(default_factory=Pipelines)
+    # Anonymous refusals past their source's budget are counted, not recorded one by one
+    # (audit.refusals); None with the audit log.
+    refusals: RefusalBudget | None = None
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -111,12 +116,15 @@ class Components:
             client_id=client_id,
             status=status,
             outcome=outcome,
+            refusals=self.refusals,
         )
 
     async def aclose(self) -> None:
         await self.http.aclose()
         await self.inspection.aclose()
         self.serving.close()
+        if self.refusals is not None:
+            await self.refusals.close()  # its aggregates go through the audit log: first
         if self.audit is not None:
             await self.audit.close()
             self.audit.store.close()
@@ -179,4 +187,13 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
         privacy=open_privacy(settings, policy=policy, audit=audit, features=features, clock=clock),
         inspection=inspection,
         variant_metrics=VariantMetrics.register(metrics.registry),
+        refusals=(
+            RefusalBudget(
+                audit,
+                RefusalLimits(**settings.audit.anonymous_refusals.model_dump()),
+                clock,
+            )
+            if audit is not None
+            else None
+        ),
     )

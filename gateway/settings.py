@@ -124,6 +124,22 @@ class Limits(_Frozen):
     trusted_proxies: tuple[str, ...] = ()
 
 
+class AnonymousRefusalSettings(_Frozen):
+    """The refusal budget (audit/refusals.py): refusals of callers no one authenticated.
+
+    Per source (IPv4 address, IPv6 /64) and window, the first `individual_per_window`
+    are recorded one by one; the rest are counted and appended as one `refusals` record
+    per source when the window closes. At most `global_individual_per_window` individual
+    records per window across all sources, and at most `max_sources` sources counted
+    apart per window (the rest share one "overflow" count). Per gateway process.
+    """
+
+    individual_per_window: int = Field(default=10, ge=0, le=100_000)
+    window_s: float = Field(default=60.0, ge=0.05, le=3_600)
+    max_sources: int = Field(default=10_000, ge=1, le=1_000_000)
+    global_individual_per_window: int = Field(default=1_000, ge=0, le=1_000_000)
+
+
 class AuditSettings(_Frozen):
     # Turning the audit log off is for benchmarks and development only (dev_mode).
     enabled: bool = True
@@ -140,6 +156,7 @@ class AuditSettings(_Frozen):
     commit_delay_ms: float = Field(default=2.0, ge=0, le=50)
     # Overrides the policy bundle's retention.audit_days (which applies when this is None).
     retention_days: int | None = Field(default=None, ge=1)
+    anonymous_refusals: AnonymousRefusalSettings = AnonymousRefusalSettings()
 
 
 class PolicySettings(_Frozen):

@@ -16,7 +16,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +28,16 @@ from gateway.randomness import POOL
 # Called for refusals the middleware itself answers (413, timeouts), so they are audited
 # too: (gateway request id, the client's own id if safe, path, error).
 RefusalHook = Callable[[str, str | None, str, GatewayError], Awaitable[None]]
+
+
+class RequestSources(Protocol):
+    """Told where each request comes from while it is in flight (audit.refusals.RefusalBudget):
+    refusals of callers no one authenticated are budgeted per source address."""
+
+    def begin(self, request_id: str, client_host: str | None) -> None: ...
+
+    def end(self, request_id: str) -> None: ...
+
 
 # What of a client's own id may reach the log and a response header: short, and nothing
 # that could forge a log line or a header (no space, control character or quote).
@@ -66,11 +76,13 @@ class TransportMiddleware:
         timeout_s: float,
         stream_timeout_s: float = 3600.0,
         on_refusal: RefusalHook | None = None,
+        sources: RequestSources | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.clock = clock
         self.on_refusal = on_refusal
+        self.sources = sources
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.timeout = timeout_s
@@ -93,6 +105,10 @@ class TransportMiddleware:
         response_started = False
         deadline: asyncio.Timeout | None = None
         running = False  # inside the deadline: only then may the body's transfer extend it
+        if self.sources is not None:
+            # The address as the server saw it (after trusted proxies, gateway.server).
+            client = scope.get("client")
+            self.sources.begin(request_id, client[0] if client else None)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal response_started
@@ -131,6 +147,8 @@ class TransportMiddleware:
             if not response_started:
                 await self._send_error(exc, scope, send_wrapper)
         finally:
+            if self.sources is not None:
+                self.sources.end(request_id)
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(

@@ -46,7 +46,7 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
     authz = c.inspection.authorize(
         c.policy.authorize_stage(c.settings.model.name, c.settings.model.version)
     )
-    final = [AuditStage(c.audit, c.clock)] if c.audit is not None else []
+    final = [AuditStage(c.audit, c.clock, c.refusals)] if c.audit is not None else []
 
     def pipeline(*stages: Stage) -> Pipeline:
         return Pipeline([authn, authz, *stages], final=final, observe=c.metrics.observe_stage)

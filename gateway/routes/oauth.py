@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from audit.refusals import source_key
 from gateway.components import components_of
 from gateway.errors import InspectionUnavailable, OAuthError, TooManyRequests
 from gateway.routes._json import json_response
@@ -20,18 +19,6 @@ def _issuer(request: Request) -> TokenIssuer:
     issuer = components_of(request).issuer
     issuer.check_enabled()  # 404 while the embedded issuer is disabled
     return issuer
-
-
-def source_key(host: str) -> str:
-    """The token endpoint's rate-limit key: the IPv4 address, or the IPv6 /64. One IPv6
-    host routinely holds a whole /64, so per-address buckets would be free to multiply."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 @router.post("/oauth/token", summary="OAuth2 token endpoint (client_credentials)")
