@@ -415,19 +415,10 @@ def verify_consistency(
     if old > new:
         raise ProofError(f"old size {old} is larger than new size {new}")
     if old == 0:
-        if proof:
-            raise ProofError("a consistency proof from the empty tree must be empty")
-        if old_root != EMPTY_ROOT:
-            raise ProofError("old root is not the empty tree's root")
-        _check_hash(new_root, "new root")
-        if new == 0 and new_root != EMPTY_ROOT:
-            raise ProofError("new root is not the empty tree's root")
+        _verify_from_empty(new, old_root, new_root, proof)
         return
     if old == new:
-        if proof:
-            raise ProofError("old and new sizes are equal but the proof is not empty")
-        if old_root != new_root:
-            raise ProofError("old and new sizes are equal but the roots differ")
+        _verify_same_size(old_root, new_root, proof)
         return
     _check_hash(old_root, "old root")
     _check_hash(new_root, "new root")
@@ -441,6 +432,37 @@ def verify_consistency(
     path = list(proof)
     if old & (old - 1) == 0:
         path.insert(0, old_root)
+    fr, sr = _consistency_roots(old, new, path)
+    # 7. (RFC step 7, the roots)
+    if fr != old_root:
+        raise ProofError("calculated old root does not match the given old root")
+    if sr != new_root:
+        raise ProofError("calculated new root does not match the given new root")
+
+
+def _verify_from_empty(new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+    """`old == 0`: an empty proof, the empty tree's root, a well-formed new root."""
+    if proof:
+        raise ProofError("a consistency proof from the empty tree must be empty")
+    if old_root != EMPTY_ROOT:
+        raise ProofError("old root is not the empty tree's root")
+    _check_hash(new_root, "new root")
+    if new == 0 and new_root != EMPTY_ROOT:
+        raise ProofError("new root is not the empty tree's root")
+
+
+def _verify_same_size(old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+    """`old == new`: an empty proof and byte-equal roots."""
+    if proof:
+        raise ProofError("old and new sizes are equal but the proof is not empty")
+    if old_root != new_root:
+        raise ProofError("old and new sizes are equal but the roots differ")
+
+
+def _consistency_roots(old: int, new: int, path: list[bytes]) -> tuple[bytes, bytes]:
+    """Steps 4 to 7 of `verify_consistency` (RFC 9162 §2.1.4.2 steps 3 to 7, but for
+    comparing the roots), for `0 < old < new`: the old and the new root, rebuilt from
+    one walk up `path`."""
     # 4. (RFC steps 3-4)
     fn, sn = old - 1, new - 1
     while fn & 1:
@@ -465,10 +487,7 @@ def verify_consistency(
     # 7. (RFC step 7)
     if sn != 0:
         raise ProofError("proof is shorter than the path to the root")
-    if fr != old_root:
-        raise ProofError("calculated old root does not match the given old root")
-    if sr != new_root:
-        raise ProofError("calculated new root does not match the given new root")
+    return fr, sr
 
 
 # --- an in-memory node store --------------------------------------------------------
