@@ -53,35 +53,49 @@ class IssuerTrust:
     tenant_claim: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A verified token's principal, and the key that verified it (`kid`, `alg` at
+    `keys`): a cache hit still needs that key to be in its issuer's JWKS."""
+
+    principal: Principal
+    keys: KeySource
+    kid: str
+    alg: str
+
+
 class TokenCache:
-    """Bounded LRU of verified principals, keyed by an HMAC of the raw token."""
+    """Bounded LRU of verified tokens, keyed by an HMAC of the raw token."""
 
     def __init__(self, key: bytes, max_size: int, clock: Clock) -> None:
         self._key = key  # gateway.derivation.Purpose.TOKEN_CACHE
         self._max = max_size
         self._clock = clock
-        self._entries: OrderedDict[bytes, Principal] = OrderedDict()
+        self._entries: OrderedDict[bytes, Verified] = OrderedDict()
 
     def key(self, token: str) -> bytes:
         return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
 
-    def get(self, key: bytes) -> Principal | None:
-        principal = self._entries.get(key)
-        if principal is None:
+    def get(self, key: bytes) -> Verified | None:
+        found = self._entries.get(key)
+        if found is None:
             return None
-        if principal.expires_at <= self._clock():
+        if found.principal.expires_at <= self._clock():
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return principal
+        return found
 
-    def put(self, key: bytes, principal: Principal) -> None:
+    def put(self, key: bytes, verified: Verified) -> None:
         if self._max == 0:
             return
-        self._entries[key] = principal
+        self._entries[key] = verified
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    def drop(self, key: bytes) -> None:
+        self._entries.pop(key, None)
 
 
 def _numeric(claims: Mapping[str, Any], name: str) -> float:
@@ -130,17 +144,22 @@ class TokenValidator:
         cache_key = self._cache.key(token)
         cached = self._cache.get(cache_key)
         if cached is not None:
-            return cached
+            # A key rotated out of its issuer's JWKS signs nothing from then on, not even
+            # a token this cache has seen: the lookup is in memory (the source refreshes
+            # by its own TTL), so a hit still costs no signature check.
+            if await cached.keys.key(cached.kid, cached.alg) is not None:
+                return cached.principal
+            self._cache.drop(cache_key)
         try:
-            principal = await self._verify(token)
+            verified = await self._verify(token)
         except _Reject as exc:
             raise InvalidToken(log_cause=str(exc)) from None
         except JOSEError as exc:
             raise InvalidToken(log_cause=f"jose: {type(exc).__name__}: {exc}") from None
-        self._cache.put(cache_key, principal)
-        return principal
+        self._cache.put(cache_key, verified)
+        return verified.principal
 
-    async def _verify(self, token: str) -> Principal:
+    async def _verify(self, token: str) -> Verified:
         if len(token) > _MAX_TOKEN_BYTES:
             raise _Reject("token too long")
         header = jwt.get_unverified_header(token)
@@ -182,7 +201,7 @@ class TokenValidator:
                 "application/" + trust.required_typ.lower(),
             }:
                 raise _Reject(f"typ {typ!r} is not {trust.required_typ}")
-        return self._check_claims(claims, trust)
+        return Verified(self._check_claims(claims, trust), trust.keys, kid, alg)
 
     def _check_claims(self, claims: Mapping[str, Any], trust: IssuerTrust) -> Principal:
         now = self._clock()

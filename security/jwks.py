@@ -94,7 +94,9 @@ class StaticKeySource:
 
 
 class FileKeySource:
-    """A JWKS file; re-read on an unknown kid if the file changed (rate-limited)."""
+    """A JWKS file, re-read when it changed: checked at most once per refresh interval,
+    off the event loop, on every lookup (a key removed from the file stops verifying
+    within the interval, not only when some token names an unknown kid)."""
 
     def __init__(self, path: Path, *, min_refresh_interval_s: float, clock: Clock) -> None:
         self._path = path
@@ -112,19 +114,19 @@ class FileKeySource:
             raise JwksError(f"cannot read JWKS file {self._path}: {exc}") from exc
 
     async def key(self, kid: str, alg: str) -> Any | None:
-        found = self._set.key(kid, alg)
-        if found is not None or kid in self._set.kids:
-            return found
         now = self._clock()
-        if now - self._checked < self._interval:
-            return None
-        self._checked = now
+        if now - self._checked >= self._interval:
+            self._checked = now
+            await asyncio.to_thread(self._refresh)
+        return self._set.key(kid, alg)
+
+    def _refresh(self) -> None:
         try:
             if self._path.stat().st_mtime != self._mtime:
                 self._set = self._read()
         except (OSError, JwksError) as exc:
+            # The last good key set stays: a file being rewritten is not a revocation.
             log.warning("JWKS file refresh failed: %s", exc)
-        return self._set.key(kid, alg)
 
 
 class RemoteKeySource:
