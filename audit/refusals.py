@@ -45,8 +45,10 @@ The `refusals` record (canonical JSON, like every record):
 
 So for a source and span: anonymous refusals = `individual` + `counted`, and `counted`
 is the sum of `counts`. Counted requests keep their gateway request id (sent in
-`X-Request-Id`) but no record of their own: an id between `first_request_id` and
-`last_request_id` (ids are time-ordered) is accounted for by the aggregate.
+`X-Request-Id`) but no record of their own: an id whose time prefix (its first 12 hex
+digits, milliseconds) lies between those of `first_request_id` and `last_request_id` may
+be accounted for by the aggregate. Ids are time-ordered only to the millisecond (the rest
+is random), so compare the prefixes, never whole ids; the exact check is the sum above.
 """
 
 from __future__ import annotations

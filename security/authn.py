@@ -112,6 +112,21 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float:
     return number
 
 
+_SHOWN = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
+
+
+def _shown(value: object) -> str:
+    """A value the caller chose, as a log line may quote it: short, printable and free of
+    separators, else only its type and size (no log forging, no personal data dumped)."""
+    if value is None or (isinstance(value, str) and _SHOWN.fullmatch(value)):
+        return repr(value)
+    if isinstance(value, list) and len(value) <= 8:
+        if all(isinstance(v, str) and _SHOWN.fullmatch(v) for v in value):
+            return repr(value)
+    size = len(value) if isinstance(value, str | list) else 0
+    return f"<{type(value).__name__}, {size} long>"
+
+
 class _Reject(Exception):  # noqa: N818 - internal signal, always converted to InvalidToken
     pass
 
@@ -173,12 +188,12 @@ class TokenValidator:
         iss = unverified.get("iss")
         trust = self._issuers.get(iss) if isinstance(iss, str) else None
         if trust is None:
-            raise _Reject(f"untrusted issuer {iss!r}")
+            raise _Reject(f"untrusted issuer {_shown(iss)}")
         if alg not in trust.algorithms:
-            raise _Reject(f"algorithm {alg!r} not allowed for {iss}")
+            raise _Reject(f"algorithm {_shown(alg)} not allowed for {iss}")
         key = await trust.keys.key(kid, alg)
         if key is None:
-            raise _Reject(f"no usable key {kid!r} for {alg} at {iss}")
+            raise _Reject(f"no usable key {_shown(kid)} for {alg} at {iss}")
         claims: dict[str, Any] = jwt.decode(
             token,
             key,
@@ -200,7 +215,7 @@ class TokenValidator:
                 trust.required_typ.lower(),
                 "application/" + trust.required_typ.lower(),
             }:
-                raise _Reject(f"typ {typ!r} is not {trust.required_typ}")
+                raise _Reject(f"typ {_shown(typ)} is not {trust.required_typ}")
         return Verified(self._check_claims(claims, trust), trust.keys, kid, alg)
 
     def _check_claims(self, claims: Mapping[str, Any], trust: IssuerTrust) -> Principal:
@@ -221,7 +236,7 @@ class TokenValidator:
         else:
             raise _Reject("aud missing or not a string / list of strings")
         if not audiences & trust.audiences:
-            raise _Reject(f"audience {aud!r} not accepted")
+            raise _Reject(f"audience {_shown(aud)} not accepted")
         sub = claims.get("sub")
         client_id = claims.get("client_id", claims.get("azp", sub))
         if not isinstance(client_id, str) or not client_id:

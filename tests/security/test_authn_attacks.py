@@ -637,3 +637,29 @@ def test_non_finite_time_claims_are_refused(kit: Kit, client: TestClient, claim:
 def test_critical_header_extensions_are_refused(kit: Kit, client: TestClient) -> None:
     token = kit.forge(headers={"crit": ["exp"]})
     assert _rank(client, _bearer(token)).status_code == 401
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("claims", "headers"),
+    [
+        ({}, {"kid": "k\nERROR forged log line " + "x" * 4000}),
+        ({"iss": "https://evil.example/\n" + "x" * 500}, {}),
+        ({"aud": ["jo@example.com private", "y" * 300]}, {}),
+    ],
+)
+async def test_a_refusal_cause_never_quotes_a_long_or_unprintable_value(
+    issuer: EmbeddedIssuer,
+    forge: Callable[..., str],
+    claims: dict[str, Any],
+    headers: dict[str, Any],
+) -> None:
+    validator = _validator(issuer, FakeClock(time.time()))
+    with pytest.raises(InvalidToken) as refused:
+        await validator.validate(forge(claims, headers=headers))
+    cause = str(refused.value.log_cause)
+    assert "\n" not in cause
+    assert "forged" not in cause
+    assert "evil.example" not in cause
+    assert "jo@example.com" not in cause
+    assert len(cause) < 200
