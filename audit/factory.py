@@ -16,16 +16,27 @@ from gateway.settings import Settings
 from security import KeyProvider, keyring_from_settings
 
 
+def store_timeout_s(settings: Settings) -> float:
+    """How long one store call may take: a quarter of the request timeout (0.5 to 5 s).
+
+    A request's record may wait for the batch ahead of it and then for its own, and a
+    timed-out request's refusal is recorded before it is answered: a quarter leaves
+    both inside the request's time, so a hung database is a 503, never a hang.
+    """
+    return min(5.0, max(0.5, settings.limits.request_timeout_s / 4))
+
+
 def open_store(settings: Settings) -> AuditStore:
     cfg = settings.audit
+    timeout_s = store_timeout_s(settings)
     try:
         if cfg.postgres_dsn is not None:
             from audit.postgres_store import PostgresAuditStore
 
             return PostgresAuditStore(
-                cfg.postgres_dsn.get_secret_value(), schema=cfg.postgres_schema
+                cfg.postgres_dsn.get_secret_value(), schema=cfg.postgres_schema, timeout_s=timeout_s
             )
-        return SqliteAuditStore(settings.resolve(cfg.sqlite_path))
+        return SqliteAuditStore(settings.resolve(cfg.sqlite_path), busy_timeout_s=timeout_s)
     except StoreError as exc:
         raise ConfigurationError(str(exc)) from exc
 

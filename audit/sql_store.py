@@ -13,6 +13,8 @@ the row.
 Every backend holds two connections, one for writes and one for reads, each
 behind its own thread lock, and names its driver's exception types in
 `_driver_errors`: none of them leaves a store, every failure is a `StoreError`.
+Waiting for a lock is bounded too (`lock_wait_s`, below the request timeout): a
+caller queued behind a call stuck on the database fails instead of queueing for ever.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ QUERIES: dict[str, str] = {
     "head": "SELECT size, frontier FROM {s}.audit_head WHERE id = 1",
     "node": "SELECT hash FROM {s}.audit_nodes WHERE level = ? AND idx = ?",
     "leaf": _LEAF + "WHERE l.idx = ?",
+    "leaf_hash": "SELECT leaf_hash FROM {s}.audit_leaves WHERE idx = ?",
     "leaves": _LEAF + "WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx",
     "leaves_between": (
         _LEAF + "WHERE l.ts_ms >= ? AND l.ts_ms < ? AND l.idx > ? ORDER BY l.idx LIMIT 5000"
@@ -135,9 +138,23 @@ class SqlAuditStore:
 
     _driver_errors: ClassVar[tuple[type[Exception], ...]]
 
-    def __init__(self) -> None:
+    def __init__(self, *, lock_wait_s: float = 5.0) -> None:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._lock_wait_s = lock_wait_s
+
+    @contextmanager
+    def _holding(self, lock: threading.Lock, which: str) -> Iterator[None]:
+        """Hold `lock`, or fail once `lock_wait_s` has passed without it."""
+        if not lock.acquire(timeout=self._lock_wait_s):
+            raise StoreError(
+                f"audit store busy: its {which} connection was not free within "
+                f"{self._lock_wait_s:g} s"
+            )
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- backend hook --------------------------------------------------------
 
@@ -148,7 +165,7 @@ class SqlAuditStore:
     # -- running queries -----------------------------------------------------
 
     def _rows(self, name: str, args: _Args = ()) -> list[Any]:
-        with self._read_lock:
+        with self._holding(self._read_lock, "read"):
             try:
                 return list(self._execute("_read", name, args).fetchall())
             except self._driver_errors as exc:
@@ -164,7 +181,7 @@ class SqlAuditStore:
 
         A driver error becomes `StoreError(f"{failure}: {error}")`.
         """
-        with self._write_lock:
+        with self._holding(self._write_lock, "write"):
             try:
                 yield partial(self._execute, "_write")
             except self._driver_errors as exc:
@@ -203,6 +220,14 @@ class SqlAuditStore:
             return run("rewrap_subject", (new_key_id, wrapped, handle, old_key_id)).rowcount > 0
 
     # -- reads ---------------------------------------------------------------
+
+    def check(self) -> None:
+        self.size()
+
+    def settled_leaf_hash(self, index: int) -> bytes | None:
+        # A backend whose appends can be left in doubt waits for them first (PostgreSQL).
+        row = self._one("leaf_hash", (index,))
+        return None if row is None else bytes(row[0])
 
     def size(self) -> int:
         row = self._one("size")

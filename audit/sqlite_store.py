@@ -4,13 +4,17 @@
 two processes sharing the file cannot fork the sequence. `secure_delete` makes
 erased subject keys and purged payloads unrecoverable from free pages.
 Reads and one-statement writes are `audit.sql_store`'s, shared with PostgreSQL.
+The database and its -wal and -shm files are owner-only (0600).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +72,9 @@ BEGIN SELECT RAISE(ABORT, 'the retention watermark only moves forward'); END;
 """
 
 
+# Below this much free space the store reports itself unable to take appends (`check`).
+MIN_FREE_BYTES = 1 << 20
+
 # SQLite's default limit is 32766 bound parameters per statement.
 _ROWS_PER_STATEMENT = 256
 
@@ -102,22 +109,27 @@ _QUERIES = {name: text.replace("{s}.", "") for name, text in QUERIES.items()} | 
 
 
 class SqliteAuditStore(SqlAuditStore):
+    """`busy_timeout_s` bounds a wait for another process's write lock (and for this
+    store's own connections): choose it below the request timeout, so a log held busy
+    elsewhere is a 503 for the request, not a record written after the client gave up."""
+
     _driver_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        super().__init__(lock_wait_s=busy_timeout_s)
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._busy_timeout_s = busy_timeout_s
         try:
+            _owner_only(path)
             self._write = self._connect()
             self._read = self._connect()
             self._write.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open audit database {path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout_s
         )
         # Switching a brand-new file to WAL needs an exclusive lock and ignores the busy
         # timeout, so two processes creating the log at once must retry.
@@ -134,6 +146,18 @@ class SqliteAuditStore(SqlAuditStore):
         conn.execute("PRAGMA secure_delete=ON")
         return conn
 
+    def check(self) -> None:
+        """Answers, and has room: a commit writes WAL frames, and on a full file system it
+        fails (every request with it) although every read still works."""
+        self.size()
+        try:
+            found = os.statvfs(self.path.parent)
+        except OSError as exc:
+            raise StoreError(f"audit database directory unreadable: {exc}") from exc
+        free = found.f_bavail * found.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StoreError(f"audit database file system is full ({free} bytes free)")
+
     def _execute(self, role: Role, name: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         conn = self._read if role == "_read" else self._write
         return conn.execute(_QUERIES[name], args)
@@ -142,11 +166,10 @@ class SqliteAuditStore(SqlAuditStore):
 
     def append_batch(self, records: Sequence[PendingRecord]) -> int:
         check_batch(records)
-        with self._write_lock:
+        with self._holding(self._write_lock, "write"):
             conn = self._write
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _immediate(conn):
                     size, blob = conn.execute(
                         "SELECT size, frontier FROM audit_head WHERE id = 1"
                     ).fetchone()
@@ -172,20 +195,15 @@ class SqliteAuditStore(SqlAuditStore):
                         "UPDATE audit_head SET size = ?, frontier = ? WHERE id = 1",
                         (frontier.size, b"".join(frontier.hashes())),
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             except (sqlite3.Error, ValueError) as exc:  # ValueError: a corrupt head
                 raise StoreError(f"audit append failed: {exc}") from exc
             return int(size)
 
     def purge_payloads_before(self, index: int) -> int:
-        with self._write_lock:
+        with self._holding(self._write_lock, "write"):
             conn = self._write
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _immediate(conn):
                     (current,) = conn.execute(
                         "SELECT purged_below FROM audit_retention WHERE id = 1"
                     ).fetchone()
@@ -194,10 +212,6 @@ class SqliteAuditStore(SqlAuditStore):
                         "UPDATE audit_retention SET purged_below = ? WHERE id = 1", (target,)
                     )
                     cursor = conn.execute("DELETE FROM audit_payloads WHERE idx < ?", (target,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise StoreError(f"retention purge failed: {exc}") from exc
         return cursor.rowcount
@@ -206,3 +220,44 @@ class SqliteAuditStore(SqlAuditStore):
         with self._write_lock, self._read_lock:
             self._write.close()
             self._read.close()
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (`BEGIN IMMEDIATE`), committed if the block ends normally.
+
+    A failure is reported as itself. SQLite rolls a transaction back by itself after
+    some errors (a full disk, an I/O error, a failed COMMIT), and a ROLLBACK issued then
+    fails with "cannot rollback - no transaction is active": that error, raised from the
+    handler, used to replace the real one in the log. Roll back only what is still open,
+    and never let the rollback's own failure hide the error that caused it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _owner_only(path: Path) -> None:
+    """Make the database owner-only before SQLite opens it, and tighten an old one.
+
+    SQLite gives its -wal and -shm files the database file's mode when it creates them,
+    so a file created 0600 before the first connection keeps all three private; files
+    left 0644 by an older gateway are tightened here, at start.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            found = existing.stat()
+        except FileNotFoundError:
+            continue
+        # Only our own files: an auditor reading someone else's copy changes nothing.
+        if found.st_mode & 0o077 and found.st_uid == os.geteuid():
+            existing.chmod(0o600)

@@ -23,6 +23,16 @@ class StoreError(Exception):
     """The store could not complete an operation; the request that needed it fails."""
 
 
+class AppendInDoubt(StoreError):  # noqa: N818 - named for the state it leaves
+    """A batch's COMMIT was sent but its answer never came (the database hung or went
+    away): the batch may or may not be durable. If it is, it starts at `first_index`;
+    `AuditStore.settled_leaf_hash` tells which, once the database answers again."""
+
+    def __init__(self, message: str, *, first_index: int) -> None:
+        super().__init__(message)
+        self.first_index = first_index
+
+
 @dataclass(frozen=True, slots=True)
 class PendingRecord:
     payload: bytes
@@ -51,6 +61,16 @@ class StoredLeaf:
 class AuditStore(Protocol):
     def append_batch(self, records: Sequence[PendingRecord]) -> int:
         """Append durably and atomically; returns the index of the first record."""
+        ...
+
+    def settled_leaf_hash(self, index: int) -> bytes | None:
+        """The hash of leaf `index` once every append in progress has ended (a commit left
+        in doubt included); None while the log is shorter. Settles `AppendInDoubt`."""
+        ...
+
+    def check(self) -> None:
+        """Raise StoreError unless the store can take an append now: it answers and, for
+        a file, its file system has room (readiness: a full disk refuses every request)."""
         ...
 
     def size(self) -> int: ...

@@ -188,14 +188,17 @@ class _Verifier:
     def run(self) -> VerifyReport:
         with _reading(1):
             head_size, head_hashes = self._store.frontier_hashes()
-            checkpoint_sizes = {cp.size for cp in self._store.checkpoints()}
+            # One snapshot of the checkpoints: a running gateway may sign another while
+            # this reads, and step 5 must judge the ones step 1 saw, not a later list.
+            signed = list(self._store.checkpoints())
+            checkpoint_sizes = {cp.size for cp in signed}
             purged_below = self._store.purged_below()
         purged = self._steps1_2_leaves(head_size, checkpoint_sizes, purged_below)
         size = self._tree.size
         ledger = self._step2_retention(purged_below)
         self._step3_nodes()
         self._step4_head(head_hashes)
-        checkpoints = self._step5_checkpoints(size)
+        checkpoints = self._step5_checkpoints(size, signed)
         return VerifyReport(
             size=size,
             checkpoints=checkpoints,
@@ -338,10 +341,8 @@ class _Verifier:
 
     # -- 5. checkpoints ---------------------------------------------------------
 
-    def _step5_checkpoints(self, size: int) -> int:
+    def _step5_checkpoints(self, size: int, checkpoints: list[StoredCheckpoint]) -> int:
         """Check every checkpoint in size order; returns how many there are."""
-        with _reading(5):
-            checkpoints = self._store.checkpoints()
         previous: Checkpoint | None = None
         agreed = 0  # the size of the newest checkpoint whose root is the log's
         for number, stored in enumerate(checkpoints):

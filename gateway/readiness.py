@@ -29,7 +29,8 @@ def _probes(c: Components) -> dict[str, Probe]:
     }
     audit = c.audit
     if audit is not None:
-        probes["audit_store"] = lambda: asyncio.to_thread(audit.store.size)
+        # check(): answers, and (SQLite) has room: a full disk refuses every request.
+        probes["audit_store"] = lambda: asyncio.to_thread(audit.store.check)
     return probes
 
 

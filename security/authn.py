@@ -120,9 +120,12 @@ def _shown(value: object) -> str:
     separators, else only its type and size (no log forging, no personal data dumped)."""
     if value is None or (isinstance(value, str) and _SHOWN.fullmatch(value)):
         return repr(value)
-    if isinstance(value, list) and len(value) <= 8:
-        if all(isinstance(v, str) and _SHOWN.fullmatch(v) for v in value):
-            return repr(value)
+    if (
+        isinstance(value, list)
+        and len(value) <= 8
+        and all(isinstance(v, str) and _SHOWN.fullmatch(v) for v in value)
+    ):
+        return repr(value)
     size = len(value) if isinstance(value, str | list) else 0
     return f"<{type(value).__name__}, {size} long>"
 
