@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +39,11 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
                 else lambda: components.policy.in_force().data.retention.audit_days
             )
         triggers = control.start_triggers()
+        # Start-up built a large, long-lived heap (models, Presidio, Cedar, tables): move it
+        # out of the collector's reach, so a full collection on the event loop walks only
+        # what requests allocate (full collections of it paused /healthz for 110-155 ms).
+        gc.collect()
+        gc.freeze()
         yield
         for task in triggers:
             task.cancel()
