@@ -18,7 +18,6 @@ Per fault, what is measured (and what must hold):
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import uvicorn
 
 from audit.appender import KIND_UNACKNOWLEDGED
 from audit.checkpoint import NoteVerifier
@@ -36,10 +34,9 @@ from audit.record import parse
 from audit.sqlite_store import SqliteAuditStore
 from audit.store import AuditStore
 from audit.verify import LogDamaged, verify_store
-from gateway.app import create_app
-from gateway.server import server_config
 from gateway.settings import Settings
 from security.issuer import EmbeddedIssuer, load_signing_key
+from tests.security._servers import serve_gateway
 
 HEALTHZ_P99_LIMIT_MS = 50.0
 RECOVERY_LIMIT_S = 2.0
@@ -52,24 +49,8 @@ CHECKPOINT_WAIT_S = 10.0
 @contextmanager
 def gateway(settings: Settings) -> Iterator[str]:
     """The real app behind the real (bounded) uvicorn on a free loopback port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server_config(settings.model_copy(update={"port": port}), create_app(settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_gateway(settings) as served:
+        yield served.url
 
 
 def mint_token(settings: Settings, client_id: str = "demo") -> str:

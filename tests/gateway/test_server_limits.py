@@ -5,41 +5,17 @@ so rotating it buys no fresh token-endpoint rate limit."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.app import create_app
 from gateway.server import server_config
 from gateway.settings import Settings
-
-
-@contextmanager
-def gateway_server(settings: Settings) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server_config(settings.model_copy(update={"port": port}), create_app(settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+from tests.security._servers import serve_gateway
 
 
 def _raw(address: str, request: bytes) -> bytes:
@@ -54,8 +30,8 @@ def _raw(address: str, request: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def address(settings: Settings) -> Iterator[str]:
-    with gateway_server(settings) as served:
-        yield served
+    with serve_gateway(settings) as served:
+        yield f"127.0.0.1:{served.port}"
 
 
 def test_oversized_headers_get_431(address: str) -> None:

@@ -189,8 +189,19 @@ def test_the_most_restrictive_signal_wins_by_default(
     personal: bool,
     source: str,
 ) -> None:
-    policy = DEFAULT.model_copy(update={"precedence": precedence})
-    assert policy.combine == "most_restrictive"
+    assert DEFAULT.combine == "most_restrictive"
+    _check_decision({"precedence": precedence}, gpc, tcf, stored, personal, source)
+
+
+def _check_decision(
+    update: dict[str, object],
+    gpc: bool,
+    tcf: object,
+    stored: dict[str, ConsentEntry],
+    personal: bool,
+    source: str,
+) -> None:
+    policy = DEFAULT.model_copy(update=update)
     decision = decide(policy, NEEDED, stored, gpc=gpc, tcf=tcf)  # type: ignore[arg-type]
     assert decision.may_personalize is personal
     assert decision.sources["personalization"] == source
@@ -216,10 +227,8 @@ def test_precedence_comes_from_the_policy_when_it_says_so(
     personal: bool,
     source: str,
 ) -> None:
-    policy = DEFAULT.model_copy(update={"precedence": precedence, "combine": "precedence"})
-    decision = decide(policy, NEEDED, stored, gpc=gpc, tcf=tcf)  # type: ignore[arg-type]
-    assert decision.may_personalize is personal
-    assert decision.sources["personalization"] == source
+    update = {"precedence": precedence, "combine": "precedence"}
+    _check_decision(update, gpc, tcf, stored, personal, source)
 
 
 def test_gpc_opts_out_of_sale_even_where_it_does_not_touch_personalisation() -> None:

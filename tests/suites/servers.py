@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import uvicorn
 
 from bench.servers import lift_client_limits
-from gateway.app import create_app
 from gateway.datadir import init_data_dir
-from gateway.server import server_config
 from gateway.settings import Settings, load_settings
 from security.issuer import EmbeddedIssuer, load_signing_key
+from tests.security._servers import serve_gateway
 
 READY_TIMEOUT_S = 60.0
 
@@ -82,31 +80,10 @@ def mint(settings: Settings, client_id: str = "demo", scopes: tuple[str, ...] | 
 
 @contextmanager
 def threaded_gateway(settings: Settings) -> Iterator[str]:
-    """The real app behind the production server config (gateway.server: header bounds,
-    connection limits) on a free loopback port, in a thread; yields the base URL. Leaving
-    the block shuts the server down through its lifespan (flushes, final checkpoint)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server_config(settings.model_copy(update={"port": port}), create_app(settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn exited during start-up")
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        if thread.is_alive():
-            raise RuntimeError("uvicorn did not stop")
+    """The real app behind the production server config (gateway.server) on a free
+    loopback port, in a thread; yields the base URL (tests.security._servers)."""
+    with serve_gateway(settings, start_timeout_s=READY_TIMEOUT_S) as served:
+        yield served.url
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> float:
