@@ -166,6 +166,9 @@ class RequestContext:
     route: str
     headers: Mapping[str, str]
     body: bytes = b""
+    # A request another surface already decoded (gRPC: gateway.oip_wire.WireInferRequest);
+    # None when the decode stage parses `body` itself.
+    wire: Any = None
     # The client's own X-Request-Id when stage 0 found it safe to log; never a lookup key.
     client_request_id: str | None = None
     received_at: float = 0.0
