@@ -17,13 +17,8 @@ from security import KeyProvider, keyring_from_settings
 
 
 def store_timeout_s(settings: Settings) -> float:
-    """How long one store call may take: a quarter of the request timeout (0.5 to 5 s).
-
-    A request's record may wait for the batch ahead of it and then for its own, and a
-    timed-out request's refusal is recorded before it is answered: a quarter leaves
-    both inside the request's time, so a hung database is a 503, never a hang.
-    """
-    return min(5.0, max(0.5, settings.limits.request_timeout_s / 4))
+    """How long one store call may take (gateway.settings.Limits.store_timeout_s)."""
+    return settings.limits.store_timeout_s
 
 
 def open_store(settings: Settings) -> AuditStore:
@@ -62,4 +57,6 @@ def open_audit_log(settings: Settings, *, clock: Callable[[], float] = time.time
         clock=clock,
         max_batch=cfg.max_batch,
         commit_delay_s=cfg.commit_delay_ms / 1000,
+        # The batch ahead of a record, then its own: one bounded store call each.
+        write_bound_s=2 * store_timeout_s(settings) + 0.25,
     )

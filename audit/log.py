@@ -69,8 +69,12 @@ class AuditLog:
         clock: Clock = time.time,
         max_batch: int = 1024,
         commit_delay_s: float = 0.0,
+        write_bound_s: float = 10.0,
     ) -> None:
         self.store = store
+        # How long an append may take when the store keeps its own time limits: the
+        # batch ahead of it, then its own (audit.factory.store_timeout_s).
+        self.write_bound_s = write_bound_s
         self.signer = signer
         self.verifier = NoteVerifier.from_verifier_key(signer.verifier_key())
         self.origin = signer.name

@@ -29,9 +29,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from audit.merkle import Frontier
-from audit.pg_deadline import Deadline, Watchdog
 from audit.sql_store import QUERIES, Role, SqlAuditStore, split_hashes
 from audit.store import AppendInDoubt, PendingRecord, StoreError, check_batch
+from gateway.pg_deadline import Deadline, Watchdog
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 

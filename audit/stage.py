@@ -112,6 +112,10 @@ class AuditStage:
             consent=_summary(ctx.consent),
             pii=_summary(ctx.redaction),
         )
+        if ctx.deadline is not None:
+            # From here the write decides the outcome: a deadline firing mid-write would
+            # answer 503 while the record, once durable, says 200 (two records, one id).
+            ctx.deadline.hand_over(self._log.write_bound_s)
         await append_durably(self._log, record)
 
 

@@ -81,6 +81,7 @@ class Components:
             headers=request.headers,
             body=body,
             received_at=self.clock(),
+            deadline=request.scope["state"].get("deadline"),
         )
 
     def pipeline(self, action: str) -> Pipeline:

@@ -157,6 +157,17 @@ class InspectionView(Protocol):
     def record(self) -> dict[str, Any]: ...
 
 
+class RecordHandOver(Protocol):
+    """Stage 0's deadline, as the audit stage sees it (gateway.transport).
+
+    Once a request's record is handed to the audit writer, its outcome is decided by
+    that write: the deadline gives the write up to `bound_s` more (the store bounds
+    every write), so the status the client gets is the status the record carries.
+    """
+
+    def hand_over(self, bound_s: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Everything a stage may read. Stages return a new context; they never mutate one."""
@@ -169,6 +180,8 @@ class RequestContext:
     # A request another surface already decoded (gRPC: gateway.oip_wire.WireInferRequest);
     # None when the decode stage parses `body` itself.
     wire: Any = None
+    # Stage 0's deadline; None outside HTTP (CLI, tests) where nothing times out.
+    deadline: RecordHandOver | None = None
     # The client's own X-Request-Id when stage 0 found it safe to log; never a lookup key.
     client_request_id: str | None = None
     received_at: float = 0.0

@@ -123,6 +123,17 @@ class Limits(_Frozen):
     # default, so a client cannot choose the address its rate limit is keyed on.
     trusted_proxies: tuple[str, ...] = ()
 
+    @property
+    def store_timeout_s(self) -> float:
+        """How long one database call may take: a quarter of the request timeout (0.5 to 5 s).
+
+        A request's audit record may wait for the batch ahead of it and then for its own,
+        and a timed-out request's refusal is recorded before it is answered: a quarter
+        leaves both inside the request's time, so a hung database is a 503, never a hang.
+        The consent store's calls get the same bound.
+        """
+        return min(5.0, max(0.5, self.request_timeout_s / 4))
+
 
 class AnonymousRefusalSettings(_Frozen):
     """The refusal budget (audit/refusals.py): refusals of callers no one authenticated.

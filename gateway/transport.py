@@ -13,6 +13,7 @@ request, which matters at the latency this gateway targets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
 from gateway.metrics import Metrics
 from gateway.problems import render
 from gateway.randomness import POOL
+
+log = logging.getLogger("gateway.transport")
 
 # Called for refusals the middleware itself answers (413, timeouts), so they are audited
 # too: (gateway request id, the client's own id if safe, path, error).
@@ -66,6 +69,26 @@ def safe_client_request_id(raw: bytes) -> str | None:
     return candidate if _SAFE_CLIENT_ID.fullmatch(candidate) else None
 
 
+class _Deadline:
+    """A request's time limit, as the audit stage may extend it (pipeline.RecordHandOver)."""
+
+    __slots__ = ("handed", "timeout")
+
+    def __init__(self) -> None:
+        self.timeout: asyncio.Timeout | None = None
+        self.handed = False
+
+    def hand_over(self, bound_s: float) -> None:
+        self.handed = True
+        timeout = self.timeout
+        if timeout is None or timeout.expired():
+            return
+        when = asyncio.get_running_loop().time() + bound_s
+        current = timeout.when()
+        if current is not None and current < when:
+            timeout.reschedule(when)
+
+
 class TransportMiddleware:
     def __init__(
         self,
@@ -104,6 +127,8 @@ class TransportMiddleware:
         status_holder = [500]
         response_started = False
         deadline: asyncio.Timeout | None = None
+        hold = _Deadline()
+        state["deadline"] = hold
         running = False  # inside the deadline: only then may the body's transfer extend it
         if self.sources is not None:
             # The address as the server saw it (after trusted proxies, gateway.server).
@@ -134,14 +159,22 @@ class TransportMiddleware:
                 raise PayloadTooLarge(f"the body limit is {self.max_body} bytes")
             async with asyncio.timeout(self.timeout) as deadline:
                 running = True
+                hold.timeout = deadline
                 try:
                     await self.app(scope, self._limited(receive), send_wrapper)
                 finally:
                     running = False
+                    hold.timeout = None
         except TimeoutError:
             if not response_started:
+                # Past the extension a handed-over record was given, the store broke its
+                # own bound: that record is the request's one record (if it lands, the log
+                # states that its writer was not told), so no second one is made here.
                 await self._send_error(
-                    RequestTimeout(log_cause="request timeout"), scope, send_wrapper
+                    RequestTimeout(log_cause="request timeout"),
+                    scope,
+                    send_wrapper,
+                    record=not hold.handed,
                 )
         except GatewayError as exc:
             if not response_started:
@@ -187,9 +220,16 @@ class TransportMiddleware:
 
         return limited_receive
 
-    async def _send_error(self, error: GatewayError, scope: Scope, send: Send) -> None:
+    async def _send_error(
+        self, error: GatewayError, scope: Scope, send: Send, *, record: bool = True
+    ) -> None:
         state: dict[str, Any] = scope.get("state", {})
-        if self.on_refusal is not None:
+        if not record:
+            log.error(
+                "request %s timed out while its audit record was being written",
+                state.get("request_id", ""),
+            )
+        elif self.on_refusal is not None:
             await self.on_refusal(
                 state.get("request_id", ""), state.get("client_request_id"), scope["path"], error
             )

@@ -45,7 +45,10 @@ def open_consent_store(settings: Settings) -> ConsentStore:
     try:
         if cfg.consent_postgres_dsn is not None:
             return PostgresConsentStore(
-                cfg.consent_postgres_dsn.get_secret_value(), cfg.consent_postgres_schema, keys
+                cfg.consent_postgres_dsn.get_secret_value(),
+                cfg.consent_postgres_schema,
+                keys,
+                timeout_s=settings.limits.store_timeout_s,
             )
         return SqliteConsentStore(settings.resolve(cfg.consent_sqlite_path), keys)
     except ConsentStoreError as exc:
