@@ -78,6 +78,7 @@ def request_record(
     pii: dict[str, Any] | None = None,
     tenant: str | None = None,
     client_request_id: str | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     """A request's record. `request_id` is the gateway's own, unique id (the lookup key);
     `client_request_id` the client's own X-Request-Id when safe to log (never a key);
@@ -89,6 +90,8 @@ def request_record(
         "ts_ms": ts_ms,
         "request_id": request_id,
         "client_request_id": client_request_id,
+        # The request's W3C trace id: its log lines and spans carry the same one.
+        "trace_id": trace_id,
         "tenant": tenant,
         "route": route,
         "action": action,

@@ -20,6 +20,7 @@ from audit.store import StoreError
 from audit.subjects import SubjectKeyError, SubjectKeys
 from gateway.errors import AuditUnavailable, GatewayError
 from gateway.pipeline import RankQuery, RequestContext, SubjectQuery
+from gateway.telemetry import current_trace_id, span
 
 log = logging.getLogger("gateway.audit")
 
@@ -84,6 +85,7 @@ class AuditStage:
             ts_ms=int(now * 1000),
             request_id=ctx.request_id,
             client_request_id=ctx.client_request_id,
+            trace_id=current_trace_id(),
             # The audit API shows a record only to its own tenant (gateway.routes.audit).
             tenant=principal.tenant if principal else None,
             route=ctx.route,
@@ -116,7 +118,8 @@ class AuditStage:
             # From here the write decides the outcome: a deadline firing mid-write would
             # answer 503 while the record, once durable, says 200 (two records, one id).
             ctx.deadline.hand_over(self._log.write_bound_s)
-        await append_durably(self._log, record)
+        with span("audit.append"):
+            await append_durably(self._log, record)
 
 
 def _being_cancelled() -> bool:
@@ -183,6 +186,7 @@ async def append_plain(
             ts_ms=int(clock() * 1000),
             request_id=request_id,
             client_request_id=client_request_id,
+            trace_id=current_trace_id(),
             tenant=tenant,
             route=route,
             action=action,

@@ -15,6 +15,7 @@ from gateway.control import ControlPlane
 from gateway.problems import install_error_handlers
 from gateway.routes import admin, audit, health, models_admin, oauth, oip, rank, subjects
 from gateway.settings import Settings
+from gateway.telemetry import NO_TRACER
 from gateway.transport import TransportMiddleware
 
 Clock = Callable[[], float]
@@ -74,5 +75,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
             else None
         ),
         sources=components.refusals,
+        tracer=components.telemetry.tracer if components.telemetry else NO_TRACER,
+        access_log=settings.telemetry.access_log,
     )
     return app

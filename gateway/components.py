@@ -9,6 +9,7 @@ that exists only with it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from gateway.errors import NotFound
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry
 from models.serving import Serving, open_serving
 from models.variants import VariantMetrics
 from policies.factory import open_policy
@@ -71,6 +73,7 @@ class Components:
     # Anonymous refusals past their source's budget are counted, not recorded one by one
     # (audit.refusals); None with the audit log.
     refusals: RefusalBudget | None = None
+    telemetry: Telemetry | None = None  # None: no spans at all (tests that build by hand)
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -130,6 +133,9 @@ class Components:
             await self.audit.close()
             self.audit.store.close()
         self.privacy.close()
+        if self.telemetry is not None:
+            # Last: the spans of the shutdown above still reach the collector.
+            await asyncio.to_thread(self.telemetry.close)
 
 
 def components_of(request: Request) -> Components:
@@ -197,4 +203,5 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
             if audit is not None
             else None
         ),
+        telemetry=Telemetry(settings.telemetry),
     )

@@ -26,6 +26,8 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, InternalError
+from gateway.logs import REQUEST_FIELDS
+from gateway.telemetry import span
 
 
 class Action(StrEnum):
@@ -318,7 +320,8 @@ class Pipeline:
             for stage in stages:
                 started = time.perf_counter()
                 try:
-                    ctx = await stage(ctx)
+                    with span(f"stage {stage.name}"):
+                        ctx = await stage(ctx)
                 finally:
                     elapsed = time.perf_counter() - started
                     timings[stage.name] = elapsed * 1000.0
@@ -332,7 +335,14 @@ class Pipeline:
             error = InternalError(log_cause=f"{type(exc).__name__}: {exc}")
             raise error from exc
         finally:
+            fields = REQUEST_FIELDS.get()
+            if fields is not None and ctx.principal is not None:
+                # The request's log lines from here on (and its access line) name the
+                # client and the policies that decided.
+                fields["client_id"] = ctx.principal.client_id
+                fields["policy_ids"] = list(ctx.authorization or ())
             if self.final:
                 ctx = ctx.evolve(stage_ms=timings)
                 for final in self.final:
-                    await final(ctx, error)
+                    with span(f"stage {final.name}"):
+                        await final(ctx, error)

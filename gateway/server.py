@@ -86,6 +86,8 @@ def server_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # gateway.logs routes uvicorn's loggers through the gateway's one handler.
+        log_config=None,
         access_log=False,
         server_header=False,
         http=BoundedH11Protocol,

@@ -238,6 +238,24 @@ class InspectionSettings(_Frozen):
     expose_verdict: bool = False
 
 
+class TelemetrySettings(_Frozen):
+    """Traces (OpenTelemetry) and logs (gateway.telemetry, gateway.logs).
+
+    Every request gets a trace id (a caller's W3C `traceparent` is continued), which the
+    audit record and every log line carry; spans leave the process only when
+    `otlp_endpoint` names an OTLP/HTTP collector, sampled at `sample_ratio` (a caller's
+    sampled flag is honoured). Nothing is exported by default."""
+
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    otlp_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    sample_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    service_name: str = Field(default="secure-model-gateway", min_length=1, max_length=128)
+    # One JSON object per line (python-json-logger), or the plain text of a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # One line per request: route template, status, latency, client, deciding policies.
+    access_log: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -264,6 +282,7 @@ class Settings(BaseSettings):
     keyring: KeyringSettings = KeyringSettings()
     privacy: PrivacySettings = PrivacySettings()
     inspection: InspectionSettings = InspectionSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -19,14 +19,33 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
+from gateway.logs import REQUEST_FIELDS
 from gateway.metrics import Metrics
 from gateway.problems import render
 from gateway.randomness import POOL
+from gateway.telemetry import NO_TRACER, parent_from, use_tracer
 
 log = logging.getLogger("gateway.transport")
+access = logging.getLogger("gateway.access")
+
+
+def _template(scope: Scope) -> str:
+    """The matched route's template (`/v1/subjects/{subject_id}`), never the raw path."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _caller_trace(scope: Scope) -> Context | None:
+    for name, _ in scope["headers"]:
+        if name == b"traceparent":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            return parent_from(headers)
+    return None  # the common case: no header to parse, a new trace
 
 # Called for refusals the middleware itself answers (413, timeouts), so they are audited
 # too: (gateway request id, the client's own id if safe, path, error).
@@ -101,8 +120,12 @@ class TransportMiddleware:
         on_refusal: RefusalHook | None = None,
         sources: RequestSources | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer = NO_TRACER,
+        access_log: bool = False,
     ) -> None:
         self.app = app
+        self.tracer = tracer
+        self.access_log = access_log
         self.clock = clock
         self.on_refusal = on_refusal
         self.sources = sources
@@ -117,6 +140,43 @@ class TransportMiddleware:
             return
         started = time.perf_counter()
         request_id = new_request_id(self.clock())
+        fields: dict[str, Any] = {"request_id": request_id}
+        fields_token = REQUEST_FIELDS.set(fields)
+        use_tracer(self.tracer)
+        method = scope["method"]
+        try:
+            with self.tracer.start_as_current_span(
+                method, context=_caller_trace(scope), kind=SpanKind.SERVER
+            ) as span:
+                status = await self._handle(scope, receive, send, request_id, started)
+                template = _template(scope)
+                span.update_name(f"{method} {template}")
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "http.request.method": method,
+                            "http.route": template,
+                            "http.response.status_code": status,
+                            "gateway.request_id": request_id,
+                        }
+                    )
+                if self.access_log:
+                    access.info(
+                        "request",
+                        extra={
+                            "method": method,
+                            "route": template,
+                            "status": status,
+                            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                        },
+                    )
+        finally:
+            REQUEST_FIELDS.reset(fields_token)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, started: float
+    ) -> int:
+        """Stage 0 proper; returns the status the client got."""
         client_id = self._client_request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -182,11 +242,13 @@ class TransportMiddleware:
         finally:
             if self.sources is not None:
                 self.sources.end(request_id)
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(
-                template, scope["method"], str(status_holder[0]), time.perf_counter() - started
+                _template(scope),
+                scope["method"],
+                str(status_holder[0]),
+                time.perf_counter() - started,
             )
+        return status_holder[0]
 
     @staticmethod
     def _client_request_id(scope: Scope) -> str | None:

@@ -87,7 +87,7 @@ def _now_iso(clock: Callable[[], float]) -> str:
 def check_onnx(model_bytes: bytes) -> None:
     """`onnx.checker` on the bytes; PackError if it is not a valid model."""
     import onnx
-    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from google.protobuf.message import DecodeError
 
     try:
         proto = onnx.load_from_string(model_bytes)

@@ -15,6 +15,7 @@ import numpy as np
 
 from gateway.errors import ConfigurationError, InvalidRequest
 from gateway.pipeline import ModelRef
+from gateway.telemetry import span
 from models.ort import ort, session_from_bytes
 
 # ONNX tensor element types (as onnxruntime names them) → Open Inference Protocol datatypes.
@@ -118,7 +119,9 @@ class Ranker:
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, feeds)
+        attributes = {"model.name": self.ref.name, "model.version": self.ref.version}
+        with span("onnxruntime.run", **attributes):
+            return await loop.run_in_executor(self._executor, self._run, feeds)
 
     def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """For the CLI, tests and benchmarks; never call it on the event loop."""

@@ -21,6 +21,8 @@ import orjson
 from jose import jwk
 from jose.exceptions import JOSEError
 
+from gateway.telemetry import span
+
 log = logging.getLogger("gateway.jwks")
 
 Clock = Callable[[], float]
@@ -163,7 +165,10 @@ class RemoteKeySource:
             self._attempted_at = now
             self.fetches += 1
             try:
-                response = await self._client.get(self._url, headers={"Accept": "application/json"})
+                with span("jwks.fetch"):
+                    response = await self._client.get(
+                        self._url, headers={"Accept": "application/json"}
+                    )
                 response.raise_for_status()
                 self._set = KeySet(orjson.loads(response.content))
                 self._fetched_at = now

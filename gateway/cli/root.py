@@ -4,7 +4,6 @@ and a non-zero exit."""
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -60,14 +59,13 @@ def serve(
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.logs import configure_logging
     from gateway.server import server_config
 
     if init_if_missing:
         init(data_dir)
     settings = build_settings(data_dir, config, host=host, port=port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.telemetry.log_format)
     uvicorn.Server(server_config(settings, create_app(settings))).run()
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
+from gateway.telemetry import span
 from security.inspection.fingerprint import RECORD
 
 DEFAULT_HISTORY = 128
@@ -187,9 +188,10 @@ class RedisState:
     ) -> tuple[NDArray[np.void], float]:
         blobs = [r.tobytes() for r in records[-history:]]
         try:
-            cd, old = await self._exchange(
-                keys=self._keys(key, "h", "cd"), args=[history, window_s * 1000, *blobs]
-            )
+            with span("redis.exchange"):
+                cd, old = await self._exchange(
+                    keys=self._keys(key, "h", "cd"), args=[history, window_s * 1000, *blobs]
+                )
         except RedisError as exc:
             raise StateUnavailableError(f"redis: {exc}") from exc
         raw = b"".join(item for item in old if len(item) == RECORD.itemsize)
@@ -201,10 +203,11 @@ class RedisState:
         self, key: str, *, now: float, window_s: int, after: int, cooldown_s: int, member: str
     ) -> tuple[int, float]:
         try:
-            n, cd = await self._strike(
-                keys=self._keys(key, "s", "cd"),
-                args=[repr(now), window_s, after, cooldown_s, member],
-            )
+            with span("redis.strike"):
+                n, cd = await self._strike(
+                    keys=self._keys(key, "s", "cd"),
+                    args=[repr(now), window_s, after, cooldown_s, member],
+                )
         except RedisError as exc:
             raise StateUnavailableError(f"redis: {exc}") from exc
         return int(n), float(cd)

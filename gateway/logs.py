@@ -1,0 +1,64 @@
+"""Logs: one JSON object per line (python-json-logger), each naming its request and trace.
+
+A request's own fields live in a context variable that stage 0 sets and the pipeline
+fills in (the client id, the policies that decided); a filter on the handler copies
+them, with the current trace id, onto every record logged while the request runs, in
+whatever module and in the threads it hands work to (`asyncio.to_thread` copies the
+context). Fields are what the gateway chose to log: ids it issued, route templates,
+statuses; never a value a client sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from pythonjsonlogger.orjson import OrjsonFormatter
+
+from gateway.telemetry import current_trace_id
+
+REQUEST_FIELDS: ContextVar[dict[str, Any] | None] = ContextVar(
+    "gateway_request_fields", default=None
+)
+_TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class RequestFields(logging.Filter):
+    """Adds `request_id`, `client_id`, `policy_ids`, ... and `trace_id` to each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = REQUEST_FIELDS.get()
+        if fields:
+            for name, value in fields.items():
+                if name not in record.__dict__:
+                    record.__dict__[name] = value
+        if "trace_id" not in record.__dict__:
+            record.trace_id = current_trace_id()
+        return True
+
+
+def configure_logging(
+    level: str, log_format: Literal["json", "text"], stream: Any = None
+) -> logging.Handler:
+    """Route every logger (uvicorn's too) through one handler on the root logger."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RequestFields())
+    if log_format == "json":
+        handler.setFormatter(
+            OrjsonFormatter(
+                _TEXT,
+                rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(_TEXT))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers = []
+        uvicorn_logger.propagate = True
+    return handler

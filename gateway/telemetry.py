@@ -1,0 +1,92 @@
+"""Traces: one OpenTelemetry tracer per app, never the process-global provider.
+
+Every request gets a span, and so a trace id, whether or not spans are exported: the
+audit record and the log lines name it, so an operator can go from a log line to the
+record and, where a collector is configured, to the trace. Spans that are not sampled
+cost a few microseconds (the SDK's non-recording spans) and go nowhere.
+
+Span attributes are chosen here and in the stages, never copied from requests: route
+templates (never raw paths, which may hold a subject id), stage names, statuses, model
+name and version. No personal data leaves in a span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.settings import TelemetrySettings
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+# What a tracer is without telemetry (tests, the CLI): spans with no ids, no cost.
+NO_TRACER: Tracer = trace.NoOpTracer()
+# The tracer of the app serving the current request (stage 0 sets it), so that code deep
+# in a concern package (the ORT call, the audit append, JWKS, Redis) opens child spans
+# without holding the app's provider.
+_TRACER: ContextVar[Tracer] = ContextVar("gateway_tracer", default=NO_TRACER)
+
+
+class Telemetry:
+    """The app's tracer provider; `close()` flushes what is left to the collector."""
+
+    def __init__(self, settings: TelemetrySettings) -> None:
+        exporting = settings.otlp_endpoint is not None
+        # Without a collector nothing is sampled (no span is recorded), yet every request
+        # still gets a real trace id; a caller's sampled flag is followed either way.
+        root = TraceIdRatioBased(settings.sample_ratio) if exporting else ALWAYS_OFF
+        self.provider = TracerProvider(
+            sampler=ParentBased(root),
+            resource=Resource.create({"service.name": settings.service_name}),
+        )
+        if settings.otlp_endpoint is not None:
+            # Imported only when used: the exporter pulls in an HTTP client and protobufs.
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(
+                endpoint=settings.otlp_endpoint, timeout=settings.otlp_timeout_s
+            )
+            # Export runs in the processor's own thread, bounded by the exporter's timeout;
+            # a full queue drops spans rather than holding a request.
+            self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=4096))
+        self.tracer: Tracer = self.provider.get_tracer("gateway")
+
+    def close(self) -> None:
+        self.provider.shutdown()
+
+
+def parent_from(headers: Mapping[str, str]) -> Context:
+    """The caller's trace context from `traceparent`/`tracestate`; a malformed one is ignored
+    (the W3C rule): the request then starts a trace of its own."""
+    return _PROPAGATOR.extract(headers)
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id (32 hex digits), or None outside a traced request."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.trace_id else None
+
+
+def use_tracer(tracer: Tracer) -> None:
+    """Make `tracer` the current request's (stage 0, once per request task)."""
+    _TRACER.set(tracer)
+
+
+@contextmanager
+def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
+    """A child span of the current request's, under its app's tracer; a no-op outside one.
+
+    Attributes are the caller's own constants (names, versions, sizes), never request data.
+    """
+    with _TRACER.get().start_as_current_span(name, attributes=attributes or None) as current:
+        yield current
