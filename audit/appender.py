@@ -83,6 +83,7 @@ class Appender:
         self._in_doubt: list[_Doubt] = []
         self._unacknowledged: dict[int, str | None] = {}  # index -> request id
         self.corrections = 0
+        self.failed = 0  # records whose write failed (their requests were refused)
 
     async def append(self, record: PendingRecord) -> int:
         loop = asyncio.get_running_loop()
@@ -131,6 +132,7 @@ class Appender:
                             _Doubt(exc.first_index, records[0].leaf_hash, tuple(records))
                         )
                         log.error("audit batch of %d left in doubt: %s", len(records), reason)
+                    self.failed += len(batch)
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(AppendFailed(reason))

@@ -87,6 +87,16 @@ class AuditLog:
 
     # -- appending -----------------------------------------------------------
 
+    @property
+    def append_failures(self) -> int:
+        """Records refused because their write failed, since start (a metric's source)."""
+        return self._appender.failed
+
+    @property
+    def unacknowledged_statements(self) -> int:
+        """`unacknowledged` records appended since start (a metric's source)."""
+        return self._appender.corrections
+
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 

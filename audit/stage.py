@@ -93,7 +93,7 @@ class AuditStage:
             client_id=principal.client_id if principal else None,
             issuer=principal.issuer if principal else None,
             subject=subject,
-            status=error.status if error else 200,
+            status=error.status if error else ctx.status,
             outcome=error.slug if error else "ok",
             policy_ids=list(ctx.authorization or (error.decided_by if error else ())),
             policy_bundle=ctx.policy_bundle or (error.policy_bundle if error else None),

@@ -7,8 +7,10 @@ Each suite runs the same driver as its short test in tests/suites/, longer:
 
 - jwt-catalogue: every attack of tests/suites/jwt_catalogue.py (jwt_tool's techniques
   among them) and its controls against a real gateway; known gaps are failures here.
-- openapi-fuzz: schemathesis over the served /openapi.json with a token of every scope
-  and none, `--fuzz-examples` cases per operation, seeded (`--seed`, random by default).
+- openapi-fuzz: schemathesis' CLI, `st run --checks all` with every phase, over the served
+  /openapi.json once per token plan (none; every scope; each operation's own scope; every
+  scope but its own, which must be refused), `--fuzz-examples` cases per operation and
+  phase, seeded (`--seed`, random by default).
 - kill-9: `--kill-cycles` rounds of load, SIGKILL, restart on one data directory; then
   every 2xx has its one record and `gateway audit verify` passes.
 - soak: `--soak-seconds` of steady mixed load on `gateway serve`; RSS growth (bound
@@ -45,7 +47,7 @@ from pathlib import Path
 from tests.suites.jwt_catalogue import KNOWN_GAPS
 from tests.suites.jwt_runner import run_catalogue
 from tests.suites.kill_cycles import run_kill_cycles
-from tests.suites.openapi_fuzz import FAILING_CHECKS, run_fuzz, tokens_by_scope
+from tests.suites.openapi_fuzz import STATE_DEPENDENT, run_fuzz, served_document, token_plans
 from tests.suites.servers import DataDir, threaded_gateway
 from tests.suites.soak import run_soak
 
@@ -130,24 +132,25 @@ def jwt_row(work: Path, args: argparse.Namespace) -> Row:
 def fuzz_row(work: Path, args: argparse.Namespace) -> Row:
     data_dir = DataDir.create(work / "fuzz")
     settings = data_dir.settings()
+    seed = args.seed
     with threaded_gateway(settings) as url:
-        run = run_fuzz(
-            url, tokens_by_scope(settings), max_examples=args.fuzz_examples, seed_value=args.seed
-        )
+        plans = token_plans(settings, served_document(url))
+        run = run_fuzz(url, plans, work / "st", max_examples=args.fuzz_examples, seed_value=seed)
     statuses = ", ".join(f"{s}: {n}" for s, n in sorted(run.statuses.items()))
-    gaps = ", ".join(f"{name} {n}" for name, n in sorted(run.doc_gaps.items())) or "none"
     note = (
-        f"{run.operations} operations, seed {args.seed}, checks "
-        + "+".join(c.__name__ for c in FAILING_CHECKS)
-        + f"; statuses {statuses}; document gaps (counted, not failed): {gaps}"
+        f"st run --checks all, every phase, token plans {'/'.join(run.runs)}, {run.operations} "
+        f"operations, seed {seed}; statuses {statuses}; positive-data exceptions "
+        f"{len(STATE_DEPENDENT)} (tests/suites/openapi_fuzz.py)"
     )
     if run.failures:
         first = run.failures[0]
-        note += f"; first failure: {first.operation} as {first.token}: {first.check} {first.status}"
+        note += f"; first failure: {first.code} {first.title} as {first.token}: {first.operations}"
+    if run.errors:
+        note += f"; first error: {run.errors[0][:200]}"
     return Row(
         "openapi-fuzz",
         cases=run.requests,
-        failures=len(run.failures) + len(run.not_generated),
+        failures=len(run.failures) + len(run.errors) + run.server_errors,
         healthz_worst_ms=run.health_worst_ms,
         note=note,
     )

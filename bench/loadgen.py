@@ -1,4 +1,5 @@
-"""A small closed-loop HTTP/1.1 load generator (keep-alive, one connection per worker).
+"""A small closed-loop HTTP/1.1 load generator (keep-alive, one connection per worker),
+and with `--grpc` a gRPC one (the fallback of bench/serve where h2load is not installed).
 
 Hand-rolled on asyncio streams instead of httpx so that the client spends as
 little CPU as possible: on a 2-core box the client shares the cores with the
@@ -14,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import uvloop
@@ -43,34 +45,69 @@ async def worker(
         writer.close()
 
 
+async def grpc_worker(
+    host: str,
+    port: int,
+    method: str,
+    message: bytes,
+    token: str,
+    deadline: float,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
+    """The fallback gRPC client (no h2load): one channel per worker, bytes in and out."""
+    import grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary(method)
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call(message, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc.code().value[0])
+            latencies.append(time.perf_counter() - started)
+
+
 async def run(args: argparse.Namespace) -> dict[str, float]:
     body = Path(args.body_file).read_bytes()
+    if args.grpc:
+
+        def worker_for(until: float, lat: list[float], err: list[int]) -> Any:
+            return grpc_worker(args.host, args.port, args.path, body, args.token, until, lat, err)
+
+        return await _closed_loop(args, worker_for)
+    extra = list(args.header or ())
+    if not any(h.lower().startswith("content-type:") for h in extra):
+        extra.append("Content-Type: application/json")
     headers = [
         f"POST {args.path} HTTP/1.1",
         f"Host: {args.host}:{args.port}",
-        "Content-Type: application/json",
+        *extra,
         f"Content-Length: {len(body)}",
     ]
     if args.token:
         headers.append(f"Authorization: Bearer {args.token}")
     request = ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+
+    def http_worker(until: float, lat: list[float], err: list[int]) -> Any:
+        return worker(args.host, args.port, request, until, lat, err)
+
+    return await _closed_loop(args, http_worker)
+
+
+async def _closed_loop(args: argparse.Namespace, worker_for: Any) -> dict[str, float]:
     # Warm-up: connections, caches, the token cache.
     warm: list[float] = []
-    await asyncio.gather(
-        *(
-            worker(args.host, args.port, request, time.perf_counter() + args.warmup, warm, [])
-            for _ in range(args.concurrency)
-        )
-    )
+    until = time.perf_counter() + args.warmup
+    await asyncio.gather(*(worker_for(until, warm, []) for _ in range(args.concurrency)))
     latencies: list[float] = []
     errors: list[int] = []
     started = time.perf_counter()
     deadline = started + args.duration
     await asyncio.gather(
-        *(
-            worker(args.host, args.port, request, deadline, latencies, errors)
-            for _ in range(args.concurrency)
-        )
+        *(worker_for(deadline, latencies, errors) for _ in range(args.concurrency))
     )
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -91,9 +128,15 @@ def main() -> None:
     parser.add_argument("--path", required=True)
     parser.add_argument("--body-file", required=True)
     parser.add_argument("--token", default="")
+    parser.add_argument("--header", action="append", help="another request header (repeatable)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="--path is a gRPC method, --body-file a serialized request message",
+    )
     args = parser.parse_args()
     if uvloop is not None:
         uvloop.install()

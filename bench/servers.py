@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -47,7 +50,16 @@ def fetch_token(port: int, secret: str) -> str:
         return token
 
 
-def load(port: int, path: str, body_file: Path, token: str, conc: int, duration: float) -> dict:
+def load(
+    port: int,
+    path: str,
+    body_file: Path,
+    token: str,
+    conc: int,
+    duration: float,
+    *extra: str,
+) -> dict:
+    """bench/loadgen.py in its own process; `extra`: more of its arguments (--grpc, --header)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -65,6 +77,7 @@ def load(port: int, path: str, body_file: Path, token: str, conc: int, duration:
             str(conc),
             "--duration",
             str(duration),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -118,8 +131,8 @@ def gateway_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def gateway_command(data_dir: Path, port: int) -> list[str]:
-    return [
+def gateway_command(data_dir: Path, port: int, grpc_port: int | None = None) -> list[str]:
+    command = [
         sys.executable,
         "-m",
         "gateway.cli",
@@ -129,18 +142,110 @@ def gateway_command(data_dir: Path, port: int) -> list[str]:
         "--port",
         str(port),
     ]
+    if grpc_port is not None:
+        command += ["--grpc-port", str(grpc_port)]
+    return command
 
 
 @contextmanager
-def running(servers: Sequence[tuple[list[str], dict[str, str], str]]) -> Iterator[None]:
-    """Start each (command, env, readiness URL); stop them all however the block ends."""
+def running(
+    servers: Sequence[tuple[list[str], dict[str, str], str]],
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start each (command, env, readiness URL); stop them all however the block ends.
+    Yields the processes, in order (their pids, for CPU accounting from /proc)."""
     procs = [subprocess.Popen(command, env=env) for command, env, _ in servers]
     try:
         for _, _, ready_url in servers:
             wait_ready(ready_url)
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+
+
+# -- h2load (nghttp2-client): one compiled client for every row ------------------------
+#
+# Debian/Ubuntu: `apt-get install nghttp2-client`. One C client for HTTP/1.1 (--h1) and
+# gRPC (HTTP/2 with prior knowledge) keeps the client's share of the CPU small and alike
+# for every row; without it, HTTP rows fall back to bench/loadgen.py and gRPC rows to
+# `bench.loadgen --grpc` (Python, one process), which the table then says.
+
+H2LOAD = shutil.which("h2load")
+
+
+def h2load(
+    url: str,
+    body_file: Path,
+    headers: Sequence[str],
+    conc: int,
+    duration: float,
+    *,
+    h1: bool,
+    warmup: float = 0.0,
+) -> dict:
+    """A closed-loop run (one request in flight per connection, `conc` connections).
+
+    h2load reports no percentiles: they come from its per-request log. Its status column
+    is the HTTP status only (a gRPC error is a 200 with a grpc-status trailer): callers
+    count gRPC errors from the gateway's own metrics.
+    """
+    assert H2LOAD is not None
+    base = [H2LOAD, "-c", str(conc), "-m", "1", "-t", "1", "-d", str(body_file)]
+    if h1:
+        base.append("--h1")
+    for header in headers:
+        base += ["-H", header]
+    if warmup:
+        # h2load takes whole units: milliseconds.
+        subprocess.run(
+            [*base, "-D", f"{round(warmup * 1000)}ms", url], capture_output=True, check=True
+        )
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        out = subprocess.run(
+            [*base, "-D", f"{round(duration * 1000)}ms", "--log-file", log.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows = [line.split("\t") for line in log.read().splitlines() if line]
+    finished = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    if finished is None:
+        raise SystemExit(f"h2load gave no summary:\n{out}")
+    latencies = sorted(int(row[2]) / 1000 for row in rows)
+    n = len(latencies)
+    return {
+        "requests": n,
+        "errors": sum(1 for row in rows if row[1] != "200"),
+        "rps": float(finished.group(2)),
+        "p50_ms": latencies[n // 2] if n else float("nan"),
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics_text(port: int) -> str:
+    """The gateway's /metrics, once: sums over one scrape are consistent with each other."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text: str = r.read().decode()
+        return text
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter's samples in `text` whose labels match."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        found = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total

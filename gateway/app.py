@@ -12,14 +12,28 @@ from fastapi import FastAPI
 from audit.stage import transport_refusal_recorder
 from gateway.components import open_components
 from gateway.control import ControlPlane
+from gateway.grpc.server import start_grpc
+from gateway.methods import MethodsMiddleware
+from gateway.openapi import install_openapi
 from gateway.problems import install_error_handlers
-from gateway.routes import admin, audit, health, models_admin, oauth, oip, rank, subjects
+from gateway.routes import (
+    admin,
+    audit,
+    events,
+    experiments,
+    health,
+    models_admin,
+    oauth,
+    oip,
+    rank,
+    subjects,
+)
 from gateway.settings import Settings
 from gateway.telemetry import NO_TRACER
 from gateway.transport import TransportMiddleware
 
 Clock = Callable[[], float]
-ROUTERS = (rank, oip, audit, admin, models_admin, oauth, health, subjects)
+ROUTERS = (rank, oip, audit, admin, models_admin, oauth, health, subjects, events, experiments)
 
 
 def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
@@ -40,12 +54,16 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
                 else lambda: components.policy.in_force().data.retention.audit_days
             )
         triggers = control.start_triggers()
+        grpc_server = await start_grpc(components)  # None unless grpc_port is set
+        _app.state.grpc_port = grpc_server.port if grpc_server is not None else None
         # Start-up built a large, long-lived heap (models, Presidio, Cedar, tables): move it
         # out of the collector's reach, so a full collection on the event loop walks only
         # what requests allocate (full collections of it paused /healthz for 110-155 ms).
         gc.collect()
         gc.freeze()
         yield
+        if grpc_server is not None:
+            await grpc_server.stop()
         for task in triggers:
             task.cancel()
         await components.aclose()
@@ -62,6 +80,9 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    install_openapi(app, components)
+    # Inside stage 0: method refusals and HEAD get a request id, limits and metrics too.
+    app.add_middleware(MethodsMiddleware, routes=app.routes)
     app.add_middleware(
         TransportMiddleware,
         metrics=components.metrics,

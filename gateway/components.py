@@ -24,10 +24,13 @@ from audit.refusals import RefusalBudget, RefusalLimits
 from audit.stage import append_plain
 from gateway.derivation import Purpose
 from gateway.errors import NotFound
-from gateway.metrics import Metrics
+from gateway.event_store import open_event_store
+from gateway.metrics import CountersOf, Metrics
 from gateway.pipeline import Pipeline, RequestContext
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
+from gateway.tls_scope import client_cert_thumbprint
+from models.experiments import EventMetrics, Experiments
 from models.serving import Serving, open_serving
 from models.variants import VariantMetrics
 from policies.factory import open_policy
@@ -69,6 +72,7 @@ class Components:
     privacy: Privacy
     inspection: Inspection
     variant_metrics: VariantMetrics
+    experiments: Experiments
     pipelines: Pipelines = field(default_factory=Pipelines)
     # Anonymous refusals past their source's budget are counted, not recorded one by one
     # (audit.refusals); None with the audit log.
@@ -85,6 +89,7 @@ class Components:
             body=body,
             received_at=self.clock(),
             deadline=request.scope["state"].get("deadline"),
+            client_cert_thumbprint=client_cert_thumbprint(request.scope),
         )
 
     def pipeline(self, action: str) -> Pipeline:
@@ -133,6 +138,7 @@ class Components:
             await self.audit.close()
             self.audit.store.close()
         self.privacy.close()
+        self.experiments.close()
         if self.telemetry is not None:
             # Last: the spans of the shutdown above still reach the collector.
             await asyncio.to_thread(self.telemetry.close)
@@ -141,6 +147,21 @@ class Components:
 def components_of(request: Request) -> Components:
     found: Components = request.app.state.components
     return found
+
+
+def audit_counters(audit: AuditLog) -> CountersOf:
+    return CountersOf(
+        {
+            "gateway_audit_append_failures": (
+                "Audit records whose write failed (their requests were refused)",
+                lambda: audit.append_failures,
+            ),
+            "gateway_audit_unacknowledged": (
+                "Records stating that durable records' writers were told they had failed",
+                lambda: audit.unacknowledged_statements,
+            ),
+        }
+    )
 
 
 def open_components(settings: Settings, clock: Clock = time.time) -> Components:
@@ -163,6 +184,7 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
     audit: AuditLog | None = None
     if settings.audit.enabled:
         audit = open_audit_log(settings, clock=clock)
+        metrics.registry.register(audit_counters(audit))
     else:
         log.warning("AUDIT LOG DISABLED (dev mode): requests are not recorded")
     features = serving.features
@@ -181,6 +203,14 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
     )
     if features is not None:
         features.on_forget(inspection.forget_user_row)
+    experiments = Experiments(
+        open_event_store(settings),
+        audit=audit,
+        policy=policy,
+        clock=clock,
+        metrics=EventMetrics.register(metrics.registry),
+    )
+    experiments.load_totals(settings.model.name)
     return Components(
         settings=settings,
         clock=clock,
@@ -191,7 +221,15 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
         policy=policy,
         serving=serving,
         audit=audit,
-        privacy=open_privacy(settings, policy=policy, audit=audit, features=features, clock=clock),
+        privacy=open_privacy(
+            settings,
+            policy=policy,
+            audit=audit,
+            features=features,
+            clock=clock,
+            rows=(experiments.store,),
+        ),
+        experiments=experiments,
         inspection=inspection,
         variant_metrics=VariantMetrics.register(metrics.registry),
         refusals=(

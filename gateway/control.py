@@ -20,7 +20,7 @@ from starlette.requests import Request
 from audit.record import KIND_POLICY_RELOAD, event_record
 from audit.stage import append_durably
 from gateway.components import Components
-from gateway.errors import AuditUnavailable
+from gateway.errors import AuditUnavailable, GatewayError
 from gateway.wiring import build_pipelines
 from models.registry import LoadedModel
 from policies.in_force import ReloadResult
@@ -101,12 +101,16 @@ class ControlPlane:
             return loaded
 
     def start_triggers(self) -> list[asyncio.Task[Any]]:
-        """SIGHUP and, when configured, a file watch reload the policy bundle."""
+        """SIGHUP and, when configured, a file watch reload the policy bundle; the A/B
+        guardrails are checked every `experiments.guardrail_interval_s`."""
         c = self._c
-        if not c.policy.reloadable:
-            return []
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
+        every = c.settings.experiments.guardrail_interval_s
+        if every > 0:
+            tasks.append(loop.create_task(_guard(c, every), name="experiment-guardrails"))
+        if not c.policy.reloadable:
+            return tasks
 
         def on_sighup() -> None:
             tasks.append(loop.create_task(_quietly(self.reload_policy("sighup"))))
@@ -127,6 +131,19 @@ class ControlPlane:
 
             tasks.append(loop.create_task(watch(), name="policy-watch"))
         return tasks
+
+
+async def _guard(c: Components, every: float) -> None:
+    """The guardrail loop: a failed check (store or audit log away) waits for the next."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await c.experiments.check_guardrails()
+        except GatewayError as exc:
+            log.error("experiment guardrails not checked: %s", exc.log_cause or exc.title)
+        except Exception:
+            # A bug must not end the loop: guardrails unchecked from then on, silently.
+            log.exception("experiment guardrails not checked")
 
 
 async def _quietly(reload: Awaitable[ReloadResult]) -> bool:

@@ -75,16 +75,19 @@ class UnknownItems(InvalidRequest):
     slug = "unknown-items"
     title = "Unknown candidate items"
 
-    def __init__(self, item_ids: list[str], *, shown: int = 20) -> None:
-        listed = item_ids[:shown]
-        more = len(item_ids) - len(listed)
+    def __init__(self, positions: list[int], *, shown: int = 20) -> None:
+        # Positions in the request's `item_ids`, not the ids: an answer never repeats a
+        # value the client sent (it may be anything, personal data included).
+        listed = positions[:shown]
+        more = len(positions) - len(listed)
         suffix = f" (and {more} more)" if more else ""
         super().__init__(
-            f"unknown item ids: {', '.join(listed)}{suffix}",
-            extensions={"unknown_item_ids": listed},
-            log_cause=f"{len(item_ids)} unknown item id(s)",
+            f"{len(positions)} candidate item id(s) are not in the catalogue: see "
+            f"unknown_item_positions{suffix}",
+            extensions={"unknown_item_positions": listed},
+            log_cause=f"{len(positions)} unknown item id(s)",
         )
-        self.item_ids = item_ids
+        self.positions = positions
 
 
 class PayloadTooLarge(GatewayError):

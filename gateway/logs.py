@@ -39,11 +39,27 @@ class RequestFields(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, as logging's own last
+    resort does: a stream replaced after start-up (a test's capture) is never written
+    to once closed."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(
     level: str, log_format: Literal["json", "text"], stream: Any = None
 ) -> logging.Handler:
     """Route every logger (uvicorn's too) through one handler on the root logger."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
+    )
     handler.addFilter(RequestFields())
     if log_format == "json":
         handler.setFormatter(

@@ -6,9 +6,12 @@ with ids in it, never request content.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _ROWS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -107,3 +110,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CountersOf(Collector):
+    """Counters another component keeps (plain ints), read when Prometheus scrapes: the
+    component (the audit writer) need not know about Prometheus."""
+
+    def __init__(self, counters: dict[str, tuple[str, Callable[[], int]]]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (documentation, read) in self._counters.items():
+            yield CounterMetricFamily(name, documentation, value=read())

@@ -11,6 +11,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+# Every fixed-size OIP datatype, little-endian as the protocol sends it.
+RAW_DTYPES: Mapping[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class WireTensor:
@@ -40,3 +58,7 @@ class WireInferRequest:
     model_name: str | None = None
     model_version: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    # REST binary tensor extension, request level (`parameters.binary_data_output`): with
+    # `outputs` None, every output is answered as raw bytes (REST decoding already folded it
+    # into each `WireOutputRequest.binary_data` when `outputs` is given).
+    binary_data_output: bool = False

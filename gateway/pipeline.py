@@ -42,6 +42,7 @@ class Action(StrEnum):
     CONSENT_READ = "consent.read"
     SUBJECT_READ = "subject.read"
     SUBJECT_ERASE = "subject.erase"
+    EVENTS = "events"
     ADMIN = "admin"
 
     @property
@@ -62,6 +63,7 @@ ACTION_SCOPES: Mapping[str, str] = MappingProxyType(
         Action.CONSENT_READ: "consent:read",
         Action.SUBJECT_READ: "subject:read",
         Action.SUBJECT_ERASE: "subject:erase",
+        Action.EVENTS: "events",
         Action.ADMIN: "admin",
     }
 )
@@ -78,6 +80,9 @@ class Principal:
     tenant: str | None = None
     token_id: str | None = None
     expires_at: float = 0.0
+    # RFC 8705 `cnf.x5t#S256`: the token is good only on a connection that presented the
+    # client certificate with this SHA-256 thumbprint.
+    certificate_thumbprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +200,17 @@ class RequestContext:
     model: ModelRef | None = None
     result: Any = None
     response: Any = None
+    # The status a request that no stage refused is answered with (202 for accepted
+    # events, 503 for a model that is not ready): the audit record carries it.
+    status: int = 200
     # Filled by stages 3, 4 and 5; None when the stage did not run for this request.
     consent: ConsentView | None = None
     redaction: RedactionView | None = None
     inspection: InspectionView | None = None
     stage_ms: Mapping[str, float] = field(default_factory=dict)
+    # `x5t#S256` of the verified TLS client certificate of the request's connection (mutual
+    # TLS, gateway.tls_scope); None without one.
+    client_cert_thumbprint: str | None = None
 
     def evolve(self, **changes: Any) -> RequestContext:
         # dataclasses.replace re-runs __init__ over every field; on the hot path

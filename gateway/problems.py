@@ -40,9 +40,10 @@ def render(
     return error.status, headers, orjson.dumps(body)
 
 
-def _log(error: GatewayError, request_id: str | None) -> None:
-    # The cause the server wrote, else the title; never `detail`, which may quote what the
-    # client sent (unknown item ids, field values) and so personal data.
+def log_refusal(error: GatewayError, request_id: str | None) -> None:
+    """One line per refusal, REST or gRPC."""
+    # The cause the server wrote, else the title; never `detail`, which a future error
+    # might word from what the client sent (and so from personal data).
     level = logging.ERROR if error.status >= 500 else logging.INFO
     log.log(
         level,
@@ -61,7 +62,7 @@ def _request_id(request: Request) -> str | None:
 
 def error_response(error: GatewayError, request: Request) -> Response:
     request_id = _request_id(request)
-    _log(error, request_id)
+    log_refusal(error, request_id)
     status, headers, body = render(error, request.url.path, request_id)
     media_type = headers.pop("Content-Type")
     return Response(body, status_code=status, headers=headers, media_type=media_type)

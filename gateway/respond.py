@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import InternalError
+from gateway.oip_wire import WireInferRequest
 from gateway.pipeline import (
     InferQuery,
     InferResult,
@@ -109,7 +110,20 @@ def harden_tensor(array: Any, shape: OutputShape) -> Any:
     return ranks.reshape(values.shape).astype(values.dtype)
 
 
+def _binary_outputs(wire: Any, names: Any) -> frozenset[str]:
+    """The outputs the client asked to get as raw bytes (REST binary tensor extension)."""
+    if not isinstance(wire, WireInferRequest):
+        return frozenset()
+    if wire.outputs is None:
+        return frozenset(names) if wire.binary_data_output else frozenset()
+    return frozenset(o.name for o in wire.outputs if o.binary_data)
+
+
 class InferRespondStage:
+    """The OIP infer response as a dict every wire renders: `data` is the hardened output
+    as a flat numpy array (orjson writes it as JSON; REST binary and gRPC take its bytes),
+    and `parameters.binary_data` marks the outputs the client asked for as raw bytes."""
+
     name = "respond"
 
     def __init__(
@@ -129,15 +143,19 @@ class InferRespondStage:
         ):
             raise InternalError(log_cause="respond stage without an infer result")
         shape = output_shape(self._policy, ctx.model.name)
-        outputs: list[dict[str, Any]] = [
-            {
+        binary = _binary_outputs(ctx.wire, result.outputs)
+        outputs: list[dict[str, Any]] = []
+        for name, array in result.outputs.items():
+            hardened = np.ascontiguousarray(harden_tensor(array, shape))
+            output: dict[str, Any] = {
                 "name": name,
                 "datatype": self._datatypes[name],
-                "shape": list(array.shape),
-                "data": harden_tensor(array, shape).reshape(-1).tolist(),
+                "shape": list(hardened.shape),
+                "data": hardened.reshape(-1),
             }
-            for name, array in result.outputs.items()
-        ]
+            if name in binary:
+                output["parameters"] = {"binary_data": True}
+            outputs.append(output)
         body: dict[str, Any] = {
             "model_name": ctx.model.name,
             "model_version": ctx.model.version,

@@ -8,16 +8,25 @@
 - Forwarded headers are believed only from `limits.trusted_proxies` (none by default):
   uvicorn's own default believes 127.0.0.1, which let a local client rotate
   X-Forwarded-For to get a fresh token-endpoint rate limit per request.
+- With `tls.cert_file` it serves only TLS (gateway.tls: 1.2+, AEAD, optional mutual TLS),
+  sends `Strict-Transport-Security`, and hands the app the verified client certificate
+  in the ASGI TLS extension (gateway.tls_scope), which uvicorn itself does not.
 """
 
 from __future__ import annotations
+
+import asyncio
+import ssl
 
 import h11
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.settings import Settings
+from gateway.tls import server_context
+from gateway.tls_scope import connection_app, hsts
 
 _TOO_LARGE = b"request header fields too large"
 _H11_DEFAULT_LIMIT = 16 * 1024  # h11's own default max_incomplete_event_size
@@ -32,7 +41,11 @@ class BoundedH11Protocol(H11Protocol):
         if len(buffered) <= limit:
             super().send_400_response(msg)
             return
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        headers = [
+            *self.server_state.default_headers,  # Date, and HSTS over TLS
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"connection", b"close"),
+        ]
         for event in (
             h11.Response(
                 status_code=431, headers=headers, reason=b"Request Header Fields Too Large"
@@ -42,6 +55,22 @@ class BoundedH11Protocol(H11Protocol):
         ):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+
+class TlsH11Protocol(BoundedH11Protocol):
+    """The bounded h11 protocol over TLS: each request carries its connection's TLS facts."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = connection_app(self.app, transport)
+
+
+class TlsHttpToolsProtocol(HttpToolsProtocol):
+    """The same for uvicorn's httptools protocol (`http="httptools"`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = connection_app(self.app, transport)
 
 
 class HeaderLimits:
@@ -79,8 +108,18 @@ class HeaderLimits:
 
 
 def server_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
+    """Raises `ConfigurationError` for TLS files it cannot use (gateway.tls)."""
     limits = settings.limits
     proxies = limits.trusted_proxies
+    context: ssl.SSLContext | None = None
+    protocol: type[BoundedH11Protocol] = BoundedH11Protocol
+    every_response: list[tuple[str, str]] = []
+    if settings.tls.enabled:
+        context = server_context(settings.tls, settings.resolve)
+        protocol = TlsH11Protocol
+        if settings.tls.hsts_max_age_s:
+            # uvicorn adds these to every response, its own 503s included.
+            every_response = [("strict-transport-security", hsts(settings.tls.hsts_max_age_s))]
     return uvicorn.Config(
         HeaderLimits(app, max_count=limits.max_header_count, max_bytes=limits.max_header_bytes),
         host=settings.host,
@@ -90,10 +129,13 @@ def server_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        http=BoundedH11Protocol,
+        headers=every_response,
+        http=protocol,
         h11_max_incomplete_event_size=limits.max_header_bytes,
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=limits.keep_alive_s,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=list(proxies) if proxies else None,
+        # uvicorn's own context has no minimum-version or option knobs: ours replaces it.
+        ssl_context_factory=None if context is None else (lambda _config, _default: context),
     )

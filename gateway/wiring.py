@@ -24,6 +24,7 @@ _PLAIN_ACTIONS = (
     Action.CONSENT_READ,
     Action.SUBJECT_READ,
     Action.SUBJECT_ERASE,
+    Action.EVENTS,
 )
 
 
@@ -69,7 +70,9 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
         RankRespondStage(c.policy),
     )
     pipelines[Action.INFER] = pipeline(
-        InferDecodeStage(ranker.inputs, ranker.outputs, max_rows=limits.max_candidates),
+        InferDecodeStage(
+            ranker.inputs, ranker.outputs, max_rows=limits.max_candidates, model=ranker.ref
+        ),
         c.privacy.redact_stage(),
         inspect,
         InferStage(ranker),
@@ -89,4 +92,5 @@ def _rank_stage(c: Components, features: FeatureStore) -> Stage:
         policy=c.policy,
         salt=c.settings.derived_keys[Purpose.AB_ASSIGNMENT],
         metrics=c.variant_metrics,
+        redirect=c.experiments.redirect,
     )

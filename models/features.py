@@ -138,7 +138,7 @@ class FeatureStore:
         lookup = self._item_row.get
         rows = [lookup(i, 0) for i in item_ids]
         if 0 in rows:
-            raise UnknownItems([i for i, r in zip(item_ids, rows, strict=True) if r == 0])
+            raise UnknownItems([n for n, r in enumerate(rows) if r == 0])
         n = len(rows)
         item_idx = np.array(rows, dtype=np.int64)
         user_row = self._user_row.get(user_id, 0)

@@ -38,6 +38,10 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 InferenceObserver = Callable[[float, int], None]
 
 
+# Told each run's inputs and first output (models.drift), in the inference thread.
+DriftWatch = Callable[[Mapping[str, np.ndarray], np.ndarray], None]
+
+
 def _no_observer(_seconds: float, _rows: int) -> None:
     return None
 
@@ -80,6 +84,7 @@ class Ranker:
         inference_threads: int = 2,
         graph_optimization_level: str = "all",
         observe: InferenceObserver = _no_observer,
+        watch: DriftWatch | None = None,
     ) -> None:
         self.ref = ModelRef(
             name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest()
@@ -96,6 +101,7 @@ class Ranker:
             max_workers=inference_threads, thread_name_prefix=f"ort-{name}"
         )
         self._observe = observe
+        self._watch = watch
 
     @classmethod
     def from_file(cls, path: Path, *, name: str, version: str, **options: object) -> Ranker:
@@ -115,6 +121,8 @@ class Ranker:
             ) from None
         rows = len(next(iter(feeds.values()))) if feeds else 0
         self._observe(time.perf_counter() - started, rows)
+        if self._watch is not None and values:
+            self._watch(feeds, values[0])  # the first output: the score
         return dict(zip(self._output_names, values, strict=True))
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -111,9 +111,8 @@ class ModelRegistry:
     def _verified(self, name: str, version: str) -> tuple[VerifiedPackage, bytes]:
         for label, value in (("name", name), ("version", version)):
             if not NAME_PATTERN.match(value):
-                raise PackageUnreadableError(
-                    f"model {label} {value!r} is not a valid path component"
-                )
+                # Not quoted: a client chose it (the admin API's path), logs must not echo it.
+                raise PackageUnreadableError(f"model {label} is not a valid path component")
         return verify_package(
             self.root / name / version,
             trusted=list(self._trusted()),

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.errors import ConfigurationError, InvalidRequest, NotFound
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from models.drift import DriftBoard
 from models.features import FeatureStore
 from models.loader import PolicyView, check_policy
 from models.package_errors import ModelPackageError, PolicyRefusedError
@@ -207,7 +208,8 @@ class Serving:
         try:
             return await asyncio.to_thread(registry.build, name, version)
         except ModelPackageError as exc:
-            log.error("hot load of %s %r refused at step %s: %s", name, version, exc.step, exc)
+            # Name and version came from the admin API's path: not echoed (issue 13).
+            log.error("hot load of a model package refused at step %s: %s", exc.step, exc)
             raise InvalidRequest(
                 f"model package refused at step {exc.step}: {type(exc).__name__}",
                 log_cause=str(exc),
@@ -320,6 +322,13 @@ def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) ->
     `/readyz` says why (nothing else is served in its place)."""
     cfg = settings.model
     observe = inference_observer(metrics, cfg.name)
+    opened: list[ModelRegistry] = []
+
+    def stats_for(name: str, version: str) -> dict[str, dict[str, list[float]]] | None:
+        loaded = opened[0].get(name, version) if opened else None
+        return loaded.feature_stats if loaded is not None else None
+
+    drift = DriftBoard(stats_for).register(metrics.registry)
 
     def make_ranker(name: str, version: str, model_bytes: bytes) -> Ranker:
         return Ranker(
@@ -330,10 +339,12 @@ def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) ->
             inference_threads=cfg.inference_threads,
             graph_optimization_level=cfg.graph_optimization_level,
             observe=observe,
+            watch=drift.watcher(name, version),
         )
 
     try:
         registry = open_registry(settings, policy, make_ranker)
+        opened.append(registry)
     except (ConfigurationError, OSError, ValueError) as exc:
         serving = Serving(
             settings,

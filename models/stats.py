@@ -5,7 +5,12 @@ The input inspector (stage 5) compares request tensors with these ranges. Format
 column (the last dimension; 1-D inputs such as ids have one column):
 
     {"<input>": {"min": [...], "max": [...], "mean": [...], "std": [...],
-                 "q001": [...], "q999": [...]}}
+                 "q001": [...], "q999": [...], "q10": [...], ..., "q90": [...],
+                 "b0": [...], ..., "b9": [...]}}
+
+The deciles (`q10` ... `q90`) and the share of the data in each bin they make
+(`b0` ... `b9`) are the drift gauges' reference (models.drift); packages made before
+them have none, and then report no input drift.
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ def _floats(values: np.ndarray) -> list[float]:
     return [float(round(float(v), 6)) for v in values]
 
 
+def _reference_bins(cols: np.ndarray) -> dict[str, list[float]]:
+    """Decile edges, and the share of the data in each of the ten bins they make.
+
+    The drift gauges (models.drift) bin live values the same way (a value's bin is the
+    number of edges at or below it). The shares are measured, not assumed to be a tenth
+    each: a discrete column (a flag, a count) has tied deciles and uneven bins.
+    """
+    edges = np.quantile(cols, np.arange(1, 10) / 10, axis=0).T  # columns x 9
+    bins = (cols[:, :, None] >= edges[None, :, :]).sum(axis=2)
+    shares = np.stack([(bins == b).mean(axis=0) for b in range(10)])  # 10 x columns
+    out = {f"q{10 * (i + 1)}": _floats(edges[:, i]) for i in range(9)}
+    out.update({f"b{b}": _floats(shares[b]) for b in range(10)})
+    return out
+
+
 def feature_stats(arrays: Mapping[str, np.ndarray]) -> FeatureStats:
     """Per-column statistics of each numeric array; non-numeric and empty arrays are skipped."""
     out: FeatureStats = {}
@@ -50,6 +70,7 @@ def feature_stats(arrays: Mapping[str, np.ndarray]) -> FeatureStats:
             "std": _floats(cols.std(axis=0)),
             "q001": _floats(np.quantile(cols, 0.001, axis=0)),
             "q999": _floats(np.quantile(cols, 0.999, axis=0)),
+            **_reference_bins(cols),
         }
     return out
 

@@ -114,8 +114,11 @@ class VariantRankStage:
         policy: PolicyReader,
         salt: bytes,
         metrics: VariantMetrics,
+        redirect: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self._model = model
+        # A guardrail's stop (models.experiments): the stopped version's users get this one.
+        self._redirect = redirect
         self._registry = registry
         self._stage_for = stage_for
         self._policy = policy
@@ -141,6 +144,11 @@ class VariantRankStage:
         label: str | None = None
         if len(variants) > 1:
             index = assign(self._salt, self._model, user_id, variants)
+            instead = (
+                self._redirect(self._model, variants[index].version) if self._redirect else None
+            )
+            if instead is not None:
+                index = next((i for i, v in enumerate(variants) if v.version == instead), index)
             label, wanted = variant_label(index), variants[index].version
             chosen = self._registry.get(self._model, wanted)
         else:

@@ -37,7 +37,7 @@ from policies.content_hash import MANIFEST, SIGNATURE, content_hash
 from policies.data_policy import DataPolicy
 from policies.errors import PolicyError
 from policies.manifest import Manifest
-from policies.test_cases import CaseFile, LoadedCase
+from policies.test_cases import CaseFile, LoadedCase, LoadedConsentCase
 from policies.testing import run_tests
 from policies.vocabulary import NAMESPACE
 from policies.yaml_source import line_of, load_model
@@ -72,6 +72,7 @@ class PolicyBundle:
     tests: tuple[LoadedCase, ...]
     signature: BundleSignature | None
     source: Path
+    consent_tests: tuple[LoadedConsentCase, ...] = ()
 
     def model_attrs(self, name: str, version: str | None = None) -> dict[str, AttrValue]:
         """The Cedar attributes of model ``name`` as this bundle's data policy sees it.
@@ -132,7 +133,7 @@ def load_files(files: Mapping[str, bytes], source: Path) -> PolicyBundle:
     _check_policy_models(engine.policies_text, data)
 
     # 7. test cases
-    tests = _load_tests(files, data)
+    tests, consent_tests = _load_tests(files, data)
 
     # 8. signature file shape
     signature = None
@@ -149,6 +150,7 @@ def load_files(files: Mapping[str, bytes], source: Path) -> PolicyBundle:
         tests=tests,
         signature=signature,
         source=source,
+        consent_tests=consent_tests,
     )
 
 
@@ -173,11 +175,25 @@ def _check_policy_models(text: str, data: DataPolicy) -> None:
             )
 
 
-def _load_tests(files: Mapping[str, bytes], data: DataPolicy) -> tuple[LoadedCase, ...]:
+def _load_tests(
+    files: Mapping[str, bytes], data: DataPolicy
+) -> tuple[tuple[LoadedCase, ...], tuple[LoadedConsentCase, ...]]:
     loaded: list[LoadedCase] = []
+    consent: list[LoadedConsentCase] = []
     names: dict[str, str] = {}
     for name in sorted(n for n in files if _is_test_file(n)):
         case_file, node = load_model(_text(files, name), name, CaseFile)
+        for index, consent_case in enumerate(case_file.consent_cases):
+            line = line_of(node, ("consent_cases", index))
+            if consent_case.name in names:
+                raise PolicyError(
+                    f"duplicate test case name (also in {names[consent_case.name]})",
+                    file=name,
+                    line=line,
+                    key=f"consent_cases[{index}].name",
+                )
+            names[consent_case.name] = name
+            consent.append(LoadedConsentCase(case=consent_case, file=name, line=line))
         for index, case in enumerate(case_file.cases):
             line = line_of(node, ("cases", index))
             if case.name in names:
@@ -198,7 +214,7 @@ def _load_tests(files: Mapping[str, bytes], data: DataPolicy) -> tuple[LoadedCas
                     key=f"cases[{index}].request.resource.id",
                 )
             loaded.append(LoadedCase(case=case, file=name, line=line))
-    return tuple(loaded)
+    return tuple(loaded), tuple(consent)
 
 
 def rehash(directory: Path) -> str:

@@ -10,6 +10,7 @@ compliance setting must fail the load, not silently fall back to a default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -49,6 +50,36 @@ class OutputPolicy(_Strict):
         return self
 
 
+class Guardrails(_Strict):
+    """Per-arm limits of an experiment (models.experiments.guardrails); None: not checked."""
+
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    max_flag_rate: float | None = Field(default=None, ge=0, le=1)
+    min_requests: int = Field(default=100, ge=1)  # served requests before an arm is judged
+    # alert: the report shows the breach; stop: the arm's users go to the control arm,
+    # recorded in the audit log before it takes effect.
+    action: Literal["alert", "stop"] = "alert"
+
+
+class ExperimentPolicy(_Strict):
+    """How the A/B report of a model's variants decides (models.experiments.stats)."""
+
+    control: str | None = None  # the control arm's version; None: the first variant
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    mixture_sd: float = Field(default=0.05, gt=0, le=1)  # tau of the mSPRT's normal mixture
+    min_samples: int = Field(default=100, ge=1)  # impressions per arm before the first look
+    guardrails: Guardrails = Guardrails()
+
+
+class EventsPolicy(_Strict):
+    """Outcome events (`POST /v1/events`): counted only with the subject's consent."""
+
+    purpose: str = "analytics"
+    # refuse: 403 consent-required; uncounted: accepted, audited, neither stored nor counted.
+    without_consent: Literal["refuse", "uncounted"] = "refuse"
+
+
 class ModelPolicy(_Strict):
     """How one model (keyed by name) may be called and what its answers may reveal."""
 
@@ -61,6 +92,7 @@ class ModelPolicy(_Strict):
     shadow_version: str | None = None
     output: OutputPolicy = OutputPolicy()
     min_version: str | None = None
+    experiment: ExperimentPolicy = ExperimentPolicy()
 
     @field_validator("variants")
     @classmethod
@@ -71,33 +103,50 @@ class ModelPolicy(_Strict):
         return value
 
 
-class JurisdictionPolicy(_Strict):
-    """PII handling for one jurisdiction: what to detect and what to do with it."""
+Region = Literal["default", "eu", "california"]
 
-    pii_entities: tuple[str, ...] = ()
+
+class JurisdictionPolicy(_Strict):
+    """PII handling for one jurisdiction: what to detect and what to do with it.
+
+    Strict unless narrowed in writing: `pii_entities` is `all` (every entity the engine
+    can detect, names and places included) unless the bundle lists entities."""
+
+    pii_entities: tuple[str, ...] | Literal["all"] = "all"
     operators: dict[str, Operator] = Field(default_factory=dict)
     score_thresholds: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _operators_name_entities(self) -> JurisdictionPolicy:
-        unknown = sorted(set(self.operators) - set(self.pii_entities))
-        if unknown:
-            raise ValueError(f"operators for entities not in pii_entities: {unknown}")
+        if self.pii_entities != "all":
+            unknown = sorted(set(self.operators) - set(self.pii_entities))
+            if unknown:
+                raise ValueError(f"operators for entities not in pii_entities: {unknown}")
         for entity, threshold in self.score_thresholds.items():
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"score threshold for {entity} must be within [0, 1]")
         return self
+
+    def entities(self, detectable: Iterable[str]) -> frozenset[str]:
+        """What this jurisdiction redacts with an engine that detects `detectable`."""
+        return frozenset(detectable if self.pii_entities == "all" else self.pii_entities)
 
 
 class Jurisdictions(_Strict):
     default: JurisdictionPolicy
     eu: JurisdictionPolicy | None = None
     california: JurisdictionPolicy | None = None
+    # A tenant's own jurisdiction (from its configuration): its requests get these rules
+    # on top of the subject's, whatever a request header says.
+    tenants: dict[str, Region] = Field(default_factory=dict)
 
     def for_region(self, region: str) -> JurisdictionPolicy:
         """The region's policy, or the default one where the bundle has none."""
         chosen = {"eu": self.eu, "california": self.california}.get(region)
         return chosen if chosen is not None else self.default
+
+    def for_tenant(self, tenant: str | None) -> Region | None:
+        return self.tenants.get(tenant) if tenant is not None else None
 
 
 class ConsentPolicy(_Strict):
@@ -121,6 +170,23 @@ class ConsentPolicy(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("precedence lists a source twice")
         return value
+
+    def resolve(
+        self, purpose: str, opinions: Mapping[ConsentSource, bool | None]
+    ) -> tuple[str, bool]:
+        """Which source decides `purpose` and what it says, from each source's opinion
+        (None: no opinion). The stage (privacy.consent_stage) and the bundle's consent
+        test cases both decide through here."""
+        said = [(s, v) for s in self.precedence if (v := opinions.get(s)) is not None]
+        refusals = [o for o in said if not o[1]]
+        withdrawn = [o for o in refusals if o[0] == "store"]
+        if withdrawn:
+            return withdrawn[0]  # the subject's own withdrawal
+        if refusals and self.combine == "most_restrictive":
+            return refusals[0]
+        if said:
+            return said[0]
+        return "default", purpose == "personalization" and self.default_personalization
 
 
 class RedactionPolicy(_Strict):
@@ -241,6 +307,7 @@ class DataPolicy(_Strict):
     query_budgets: dict[str, QueryBudget] = Field(default_factory=dict)
     retention: RetentionPolicy = RetentionPolicy()
     model_signers: tuple[ModelSigner, ...] = ()
+    events: EventsPolicy = EventsPolicy()
 
     def model(self, name: str) -> ModelPolicy | None:
         return self.models.get(name)

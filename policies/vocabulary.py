@@ -36,6 +36,7 @@ RESOURCE_OF: Mapping[str, str] = MappingProxyType(
         Action.RANK: "Model",
         Action.INFER: "Model",
         Action.MODEL_READ: "Model",
+        Action.EVENTS: "Model",
         Action.AUDIT_READ: "AuditLog",
         Action.AUDIT_EXPORT: "AuditLog",
         Action.ADMIN: "AuditLog",

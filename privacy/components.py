@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,7 +26,7 @@ from privacy.feature_erasure import reapply
 from privacy.nlp import OfflineAnalyzer, build_analyzer, describe
 from privacy.redact_stage import RedactStage
 from privacy.redaction import Redactor
-from privacy.subjects import SubjectService
+from privacy.subjects import SubjectRows, SubjectService
 
 log = logging.getLogger("gateway.privacy")
 
@@ -59,8 +59,8 @@ def undetectable(analyzer: OfflineAnalyzer, data: DataPolicy) -> dict[str, list[
     """Entities a jurisdiction asks for that this engine cannot detect (e.g. PERSON, no NER)."""
     found: dict[str, list[str]] = {}
     for region in ("default", "eu", "california"):
-        wanted = data.jurisdictions.for_region(region).pii_entities
-        missing = sorted(set(wanted) - set(analyzer.entities))
+        wanted = data.jurisdictions.for_region(region).entities(analyzer.entities)
+        missing = sorted(wanted - set(analyzer.entities))
         if missing:
             found[region] = missing
     return found
@@ -108,6 +108,7 @@ def subject_service(
     audit: AuditLog | None,
     features: FeatureStore | None,
     clock: Callable[[], float] = time.time,
+    rows: Sequence[SubjectRows] = (),
 ) -> SubjectService:
     """Access and erasure over the configured feature store (the gateway and the CLI)."""
     return SubjectService(
@@ -119,6 +120,7 @@ def subject_service(
         ),
         features_tenant=settings.model.features_tenant,
         clock=clock,
+        rows=rows,
     )
 
 
@@ -129,6 +131,7 @@ def open_privacy(
     audit: AuditLog | None,
     features: FeatureStore | None,
     clock: Callable[[], float] = time.time,
+    rows: Sequence[SubjectRows] = (),
 ) -> Privacy:
     cfg = settings.privacy
     analyzer = shared_analyzer(cfg.ner_model)
@@ -146,11 +149,9 @@ def open_privacy(
                 log.warning("re-applied %d feature-store erasure(s) at start-up", n)
     missing = undetectable(analyzer, policy.in_force().data)
     if missing:
-        # Loud, not fatal: the default bundle's EU set names PERSON and LOCATION, which
-        # only an installed NER package detects; until then they pass unredacted.
+        # Loud, not fatal: a bundle may name entities of recognizers this build lacks.
         log.error(
-            "PII NOT REDACTED: the policy asks for entities this engine cannot detect %s; "
-            "install a spaCy NER package and set privacy.ner_model",
+            "PII NOT REDACTED: the policy asks for entities this engine cannot detect %s",
             missing,
         )
     return Privacy(
@@ -160,7 +161,9 @@ def open_privacy(
         ),
         executor=ThreadPoolExecutor(cfg.redaction_threads, thread_name_prefix="pii"),
         consent=consent,
-        subjects=subject_service(settings, consent, audit=audit, features=features, clock=clock),
+        subjects=subject_service(
+            settings, consent, audit=audit, features=features, clock=clock, rows=rows
+        ),
         policy=policy,
         model_name=settings.model.name,
         timeout_s=cfg.redaction_timeout_ms / 1000.0,

@@ -9,7 +9,9 @@ By default (`consent.combine: most_restrictive`) any denial wins, named by the f
 denying source in `consent.precedence` order; a bundle that sets `combine: precedence`
 lets the first source with an opinion decide. Either way a stored withdrawal beats a
 TCF grant: a client's header never re-grants what the subject withdrew. No opinion
-anywhere: `default_personalization` for personalization, denied otherwise.
+anywhere: `default_personalization` for personalization, denied otherwise. The rule
+itself is `ConsentPolicy.resolve`, which the bundle's own consent test cases
+(`consent_cases` in tests/*.yaml, run by `policy test`) exercise too.
 
 `may_personalize` needs every purpose the model's policy lists. It is never a
 refusal: the rank stage takes the non-personalised path. The exception is a model
@@ -20,8 +22,8 @@ A consent store that cannot be read counts as no consent (non-personalised
 path) and is logged; only an Art. 22 model is refused then (503).
 
 Jurisdiction of the request (it picks the PII entity set of stage 4): the one
-stored with the subject's latest consent entry; else the caller's
-`Data-Jurisdiction` header (eu, california, default); else default.
+stored with the subject's latest consent entry, else default. A caller's
+`Data-Jurisdiction` header can only add rules to it (stage 4), never replace it.
 """
 
 from __future__ import annotations
@@ -124,24 +126,11 @@ def decide(
     purposes: dict[str, bool] = {}
     sources: dict[str, str] = {}
     for purpose in dict.fromkeys((*PURPOSES, *needed)):
-        opinions = [
-            (candidate, verdict)
-            for candidate in policy.precedence
-            if (verdict := _opinion(candidate, purpose, policy, stored, gpc, tcf, store_ok))
-            is not None
-        ]
-        refusals = [o for o in opinions if o[1] is False]
-        withdrawn = [o for o in refusals if o[0] == "store"]
-        if withdrawn:
-            chosen: tuple[str, bool] | None = withdrawn[0]  # the subject's own withdrawal
-        elif refusals and policy.combine == "most_restrictive":
-            chosen = refusals[0]
-        else:
-            chosen = opinions[0] if opinions else None
-        if chosen is None:
-            default = policy.default_personalization if purpose == "personalization" else False
-            chosen = ("default", default)
-        sources[purpose], purposes[purpose] = chosen
+        opinions = {
+            source: _opinion(source, purpose, policy, stored, gpc, tcf, store_ok)
+            for source in policy.precedence
+        }
+        sources[purpose], purposes[purpose] = policy.resolve(purpose, opinions)
     explicit = all(
         p in stored and stored[p].granted and stored[p].lawful_basis == "consent" and purposes[p]
         for p in needed

@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.derivation import DerivedKeys, Purpose
-from gateway.pg_deadline import Watchdog
+from gateway.pg_session import BoundedPostgres, Connection
 
 PURPOSES = ("personalization", "analytics", "sale_share")
 JURISDICTIONS = ("eu", "california", "default")
@@ -349,164 +344,34 @@ CREATE TRIGGER consent_erasures_no_truncate BEFORE TRUNCATE ON {schema}.consent_
 
 
 class PostgresConsentStore(ConsentStore):
-    """Every call is bounded on both sides: `statement_timeout` on the server, and on this
-    side a watchdog (gateway.pg_deadline) that cuts the connection of a call still
-    unanswered at `timeout_s` (a stopped server enforces nothing), a bounded wait for
-    the connection's lock, and libpq's `connect_timeout`. A connection the server
-    dropped or the watchdog cut is replaced by a later call; while reconnecting fails,
-    calls fail at once for a backoff that doubles up to a second, then try again: the
-    store comes back by itself, no restart."""
+    """On one schema several gateways share; every call bounded and reconnecting by
+    itself (gateway.pg_session)."""
 
     kind = "postgres"
 
     def __init__(self, dsn: str, schema: str, keys: DerivedKeys, *, timeout_s: float = 2.0) -> None:
         super().__init__(keys)
-        if not timeout_s > 0:
-            raise ConsentStoreError("the consent store's timeout must be positive")
-        self._lock = threading.Lock()
-        self._schema = schema
-        self._closed = False
-        self._timeout_s = timeout_s
-        self._watchdog = Watchdog("consent-pg")
-        self._backoff_s = 0.0
-        self._away_until = 0.0
-        try:
-            params = conninfo_to_dict(dsn)
-        except psycopg.Error as exc:
-            raise ConsentStoreError(f"invalid PostgreSQL DSN for the consent store: {exc}") from exc
-        # libpq's minimum connect timeout is 2 s. The server's limits end a slow statement
-        # cleanly (the connection stays) before the watchdog has to cut anything.
-        params.setdefault("connect_timeout", max(2, math.ceil(timeout_s)))
-        params.setdefault("application_name", "gateway-consent")
-        server_ms = max(1, int(timeout_s * 800))
-        own = (
-            f"-c statement_timeout={server_ms} -c lock_timeout={server_ms} "
-            f"-c idle_in_transaction_session_timeout={max(1000, 5 * server_ms)}"
+        self.schema = schema
+
+        def create(conn: Connection) -> None:
+            quoted = sql.Identifier(schema).as_string(conn)
+            conn.execute(_PG_SCHEMA.replace("{schema}", quoted).encode())
+
+        self._db = BoundedPostgres(
+            dsn,
+            schema,
+            timeout_s=timeout_s,
+            label="consent store",
+            error=ConsentStoreError,
+            create=create,
+            schema_lock=7261736,
         )
-        params["options"] = f"{params.get('options', '')} {own}".strip()
-        self._conninfo = make_conninfo("", **params)
-        try:
-            self._conn = self._connect()
-            # Start-up may wait for another gateway's schema creation (the advisory lock).
-            with (
-                self._watchdog.deadline(self._conn.pgconn.socket, max(10.0, timeout_s)),
-                self._conn.transaction(),
-            ):
-                # One creator at a time: several gateways may start together.
-                self._conn.execute("SET LOCAL statement_timeout = 0")
-                self._conn.execute("SELECT pg_advisory_xact_lock(7261736)")
-                self._conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-                )
-                quoted = sql.Identifier(schema).as_string(self._conn)
-                self._conn.execute(_PG_SCHEMA.replace("{schema}", quoted).encode())
-        except psycopg.Error as exc:
-            self._watchdog.close()
-            raise ConsentStoreError(f"consent store (PostgreSQL): {exc}") from exc
-
-    def _sql(self, statement: str) -> bytes:
-        # Statements name tables bare; the schema is fixed by the search path per call.
-        return statement.replace("?", "%s").encode()
-
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(self._conninfo, autocommit=True)
-
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """The connection's lock, waited for no longer than a call may take."""
-        if not self._lock.acquire(timeout=self._timeout_s):
-            raise ConsentStoreError(
-                f"consent store busy: the call ahead did not finish within {self._timeout_s} s"
-            )
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    def _live(self) -> psycopg.Connection[tuple[Any, ...]]:
-        """The connection, reconnected if the server dropped it or the watchdog cut it."""
-        if self._closed:
-            raise ConsentStoreError("consent store is closed")
-        if not (self._conn.closed or self._conn.broken):
-            return self._conn
-        if time.monotonic() < self._away_until:
-            raise ConsentStoreError("consent store unavailable: reconnecting to PostgreSQL")
-        self._conn.close()
-        try:
-            self._conn = self._connect()
-        except psycopg.Error as exc:
-            self._away()
-            raise ConsentStoreError(f"consent store unavailable: {exc}") from exc
-        self._backoff_s = 0.0
-        return self._conn
-
-    def _away(self) -> None:
-        self._backoff_s = min(1.0, max(0.05, self._backoff_s * 2))
-        self._away_until = time.monotonic() + self._backoff_s
-
-    @contextmanager
-    def _bounded(self, conn: psycopg.Connection[tuple[Any, ...]]) -> Iterator[None]:
-        """Run the block under the watchdog; a cut call is a ConsentStoreError."""
-        with self._watchdog.deadline(conn.pgconn.socket, self._timeout_s) as deadline:
-            try:
-                yield
-            except psycopg.OperationalError as exc:
-                if deadline.fired:
-                    self._away()
-                    raise ConsentStoreError(
-                        f"PostgreSQL did not answer within {self._timeout_s} s"
-                    ) from exc
-                raise
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._turn():
-            for attempt in (1, 2):
-                conn = self._live()
-                try:
-                    with self._bounded(conn):
-                        return self._read(conn, statement, params)
-                except psycopg.OperationalError as exc:
-                    # The server dropped the connection (restart, failover): a read is safe
-                    # to repeat once on a fresh one, so the caller never sees the outage
-                    # it missed.
-                    if attempt == 2 or not conn.broken:
-                        raise ConsentStoreError(str(exc)) from exc
-                except psycopg.Error as exc:
-                    raise ConsentStoreError(str(exc)) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    def _read(
-        self, conn: psycopg.Connection[tuple[Any, ...]], statement: str, params: Sequence[Any]
-    ) -> list[tuple[Any, ...]]:
-        with conn.transaction():
-            self._search_path(conn)
-            return list(conn.execute(self._sql(statement), tuple(params)).fetchall())
+        return self._db.query(statement, params)
 
     def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        with self._turn():
-            conn = self._live()
-            try:
-                try:
-                    # A write is never repeated (its commit may have happened): find a
-                    # dropped connection before the transaction starts, not in it.
-                    with self._bounded(conn):
-                        conn.execute("SELECT 1")
-                except psycopg.OperationalError:
-                    if not conn.broken:
-                        raise
-                    conn = self._live()
-                with self._bounded(conn), conn.transaction():
-                    self._search_path(conn)
-                    for statement, params in statements:
-                        conn.execute(self._sql(statement), tuple(params))
-            except psycopg.Error as exc:
-                raise ConsentStoreError(str(exc)) from exc
-
-    def _search_path(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self._schema)))
+        self._db.write(statements)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._conn.close()
-        self._watchdog.close()
+        self._db.close()

@@ -14,9 +14,15 @@ and caches it under the home directory. A compliance product may do neither, so:
    `spacy.blank("en")` plus a lookup lemmatizer (tables from the installed
    `spacy-lookups-data` package), so Presidio's context enhancer sees lemmas
    ("phones" -> "phone") and context words raise scores;
-3. an installed spaCy NER package named in the settings (`privacy.ner_model`)
-   replaces the blank pipeline and adds PERSON, LOCATION, NRP and ORGANIZATION;
-   a name that is not installed is a configuration error, never a download.
+3. the NER package the project installs (`privacy.recognizers.ner_package`, pinned
+   by file hashes) or another installed spaCy package named in `privacy.ner_model`
+   adds the model's PERSON, LOCATION, NRP and ORGANIZATION; only its `ner` runs,
+   with the lookup lemmatizer beside it. A name that is not installed is a
+   configuration error, never a download;
+4. rule recognizers (privacy.recognizers) run with either pipeline: names from a
+   gazetteer and cue words, street addresses and places, phone numbers of every
+   listed region, national identifiers. Context words are read five tokens before
+   and two after a match ("0494 41 18 24 (office)").
 """
 
 from __future__ import annotations
@@ -42,17 +48,39 @@ from presidio_analyzer import (
     RecognizerRegistry,
 )
 from presidio_analyzer import predefined_recognizers as pr
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 from spacy.language import Language
+from spacy.pipeline import Lemmatizer
 
 from gateway.errors import ConfigurationError
+from privacy.recognizers import (
+    NATIONAL_RECOGNIZERS,
+    AddressRecognizer,
+    NameRecognizer,
+    WorldPhoneRecognizer,
+    ner_package,
+)
 
 LANGUAGE = "en"
 
-# Presidio logs the analyzed text's context words at DEBUG ("Context list is: ..."), and
-# its decision process quotes spans: personal data must never reach a log line.
+
+class _NoAnalyzedText(logging.Filter):
+    """Presidio logs the analyzed text's context words at DEBUG ("Context list is: ..."),
+    and its decision process quotes spans: personal data must never reach a log line,
+    whatever level an operator (or a test) sets. Below ERROR nothing passes; at ERROR
+    the message template passes without its arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return False
+        record.args = ()
+        return True
+
+
 for _name in ("presidio-analyzer", "decision_process"):
     logging.getLogger(_name).setLevel(logging.ERROR)
+    logging.getLogger(_name).addFilter(_NoAnalyzedText())
 
 # Entities an NER model adds (spaCy OntoNotes labels -> Presidio names).
 NER_MAPPING = {
@@ -65,10 +93,13 @@ NER_MAPPING = {
     "ORG": "ORGANIZATION",
 }
 
+# What the NER model's guesses score: under the rule recognizers' sure findings (0.85+),
+# so a merged span is named by the rule that knows (a street, a listed name).
+NER_SCORE = 0.8
+
 # Pattern (and checksum) recognizers that need no model: the offline baseline.
 _STOCK_RECOGNIZERS: tuple[Callable[..., EntityRecognizer], ...] = (
     pr.EmailRecognizer,
-    pr.PhoneRecognizer,
     pr.CreditCardRecognizer,
     pr.IbanRecognizer,
     pr.IpRecognizer,
@@ -81,7 +112,6 @@ _STOCK_RECOGNIZERS: tuple[Callable[..., EntityRecognizer], ...] = (
     pr.CryptoRecognizer,
     pr.DateRecognizer,
     pr.MacAddressRecognizer,
-    pr.UkNinoRecognizer,
 )
 
 
@@ -121,7 +151,15 @@ def nanp_phone_recognizer(supported_language: str = LANGUAGE) -> EntityRecognize
     )
 
 
-PATTERN_RECOGNIZERS = (*_STOCK_RECOGNIZERS, ContextCardRecognizer, nanp_phone_recognizer)
+PATTERN_RECOGNIZERS = (
+    *_STOCK_RECOGNIZERS,
+    *NATIONAL_RECOGNIZERS,
+    ContextCardRecognizer,
+    nanp_phone_recognizer,
+    WorldPhoneRecognizer,
+    NameRecognizer,
+    AddressRecognizer,
+)
 
 
 def _offline_tld_extractor() -> None:
@@ -140,6 +178,11 @@ class OfflineSpacyEngine(SpacyNlpEngine):
         config = NerModelConfiguration(
             model_to_presidio_entity_mapping=dict(NER_MAPPING),
             labels_to_ignore=[] if ner else list(NER_MAPPING),
+            default_score=NER_SCORE,
+            # The small model tags many people as organisations: its ORG / NORP guesses
+            # still redact (0.64) but lose a merged span's name to a PERSON finding.
+            low_score_entity_names=["ORG", "ORGANIZATION", "NORP", "NRP"],
+            low_confidence_score_multiplier=0.8,
         )
         super().__init__(
             models=[{"lang_code": LANGUAGE, "model_name": pipeline.meta.get("name", "blank")}],
@@ -167,13 +210,27 @@ def blank_pipeline() -> Language:
 
 
 def ner_pipeline(package: str) -> Language:
-    """An installed spaCy package (never fetched): only its NER, lemmatizer and helpers."""
-    if not spacy.util.is_package(package):
+    """An installed spaCy package (never fetched): only its `ner`, plus the lookup
+    lemmatizer for context words. The default package is verified against its pins."""
+    if package == ner_package.PACKAGE:
+        nlp = ner_package.load_pinned()
+    elif spacy.util.is_package(package):
+        nlp = ner_package.load_ner_only(ner_package.model_dir(package))
+    else:
         raise ConfigurationError(
             f"privacy.ner_model {package!r} is not an installed spaCy package "
             "(install it with pip; the gateway never downloads models)"
         )
-    return spacy.load(package, exclude=["parser", "textcat"])
+    if "ner" not in nlp.pipe_names:
+        raise ConfigurationError(f"privacy.ner_model {package!r} has no ner component")
+    lemmatizer = nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
+    if not isinstance(lemmatizer, Lemmatizer):
+        raise ConfigurationError(f"privacy.ner_model {package!r}: no lookup lemmatizer")
+    try:
+        lemmatizer.initialize()  # this component only: the ner keeps its trained weights
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"spaCy lemma tables unavailable: {exc}") from exc
+    return nlp
 
 
 @dataclass(frozen=True)
@@ -184,7 +241,11 @@ class OfflineAnalyzer:
 
 
 def build_analyzer(ner_model: str | None = None) -> OfflineAnalyzer:
-    """Build the analyzer; raises ConfigurationError rather than reaching the network."""
+    """Build the analyzer; raises ConfigurationError rather than reaching the network.
+    `ner_model` None, "" or "none": the rule recognizers alone (settings files cannot
+    write None)."""
+    if ner_model is not None and ner_model.strip().lower() in ("", "none"):
+        ner_model = None
     _offline_tld_extractor()
     pipeline = blank_pipeline() if ner_model is None else ner_pipeline(ner_model)
     nlp_engine = OfflineSpacyEngine(pipeline, ner=ner_model is not None)
@@ -200,7 +261,12 @@ def build_analyzer(ner_model: str | None = None) -> OfflineAnalyzer:
             )
         )
     engine = AnalyzerEngine(
-        registry=registry, nlp_engine=nlp_engine, supported_languages=[LANGUAGE]
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=[LANGUAGE],
+        context_aware_enhancer=LemmaContextAwareEnhancer(
+            context_prefix_count=5, context_suffix_count=2
+        ),
     )
     entities = tuple(sorted(engine.get_supported_entities(language=LANGUAGE)))
     return OfflineAnalyzer(engine, entities, "blank" if ner_model is None else ner_model)

@@ -1,5 +1,10 @@
 """Stage 4: redact. Personal data in free text is replaced before the model or the audit sees it.
 
+Which rules: those of every jurisdiction that applies, the stricter of them (union of
+entities, lowest thresholds, least revealing operator): always `default`, plus the
+subject's (stored with its consent), the tenant's (`jurisdictions.tenants` in the
+bundle) and a `Data-Jurisdiction` header's. The header can only add rules.
+
 What is redacted: `/v1/rank` `context.query` always, plus the `context` fields
 the bundle's `redaction.fields` names; OIP v2 string (BYTES) tensors, element by
 element. Which entities and how: the jurisdiction's entity set, operators and
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,16 +53,42 @@ class RedactionOutcome:
         return {"counts": dict(self.counts), "jurisdiction": self.jurisdiction}
 
 
-def rules_for(data: DataPolicy, jurisdiction: str, fingerprint: str) -> RedactionRules:
+def rules_for(
+    data: DataPolicy, jurisdiction: str, fingerprint: str, detectable: Iterable[str] = ()
+) -> RedactionRules:
+    """One jurisdiction's rules alone (`all` resolved against what the engine detects)."""
     region = data.jurisdictions.for_region(jurisdiction)
     return RedactionRules(
-        entities=frozenset(region.pii_entities),
+        entities=region.entities(detectable),
         operators=dict(region.operators),
         thresholds=dict(region.score_thresholds),
         default_threshold=data.redaction.default_threshold,
         allow_list=data.redaction.allow_list,
         fingerprint=f"{fingerprint}|{jurisdiction}",
     )
+
+
+def applicable(subject: str, tenant: str | None, header: str | None) -> str:
+    """The jurisdictions whose rules all apply, joined by "+": always `default`, then the
+    subject's (from its consent record), the tenant's (its configuration) and the one a
+    request header names. A header adds rules; nothing a client sends removes any."""
+    named = ["default"]
+    for region in (subject, tenant, header):
+        if region is not None and region not in named:
+            named.append(region)
+    return "+".join(named)
+
+
+def combined_rules(
+    data: DataPolicy, jurisdiction: str, fingerprint: str, detectable: Iterable[str]
+) -> RedactionRules:
+    """The stricter of every named jurisdiction's rules (`applicable`'s "+" list)."""
+    detectable = tuple(detectable)
+    regions = jurisdiction.split("+")
+    rules = rules_for(data, regions[0], fingerprint, detectable)
+    for region in regions[1:]:
+        rules = stricter(rules, rules_for(data, region, fingerprint, detectable))
+    return rules
 
 
 def _merge(counts: dict[str, int], found: Mapping[str, int]) -> None:
@@ -86,19 +117,18 @@ class RedactStage:
         query = ctx.payload
         in_force = self._policy.in_force()
         data, bundle_hash = in_force.data, in_force.content_hash
-        base = ctx.consent.jurisdiction if ctx.consent is not None else "default"
-        asked = requested_jurisdiction(ctx.headers)
-        # The caller's header adds its jurisdiction's rules, never removes the subject's.
-        jurisdiction = base if asked in (None, base) else f"{base}+{asked}"
+        tenant = ctx.principal.tenant if ctx.principal else None
+        jurisdiction = applicable(
+            ctx.consent.jurisdiction if ctx.consent is not None else "default",
+            data.jurisdictions.for_tenant(tenant),
+            requested_jurisdiction(ctx.headers),
+        )
         rules = self._rules.get((bundle_hash, jurisdiction))
         if rules is None:
-            rules = rules_for(data, base, bundle_hash)
-            if asked not in (None, base):
-                rules = stricter(rules, rules_for(data, str(asked), bundle_hash))
+            rules = combined_rules(data, jurisdiction, bundle_hash, self._redactor.entities)
             if len(self._rules) > 64:  # old bundles' rules
                 self._rules.clear()
             self._rules[(bundle_hash, jurisdiction)] = rules
-        tenant = ctx.principal.tenant if ctx.principal else None
         if isinstance(query, RankQuery):
             fields = _rank_fields(data.redaction)
             texts = {k: v for k, v in query.context.items() if k in fields and v.strip()}

@@ -8,9 +8,9 @@ Operators (from the bundle's data policy, per jurisdiction):
   stay joinable inside one tenant; unlinkable across tenants and without the
   secret (no unsalted hashes of personal data anywhere).
 
-Overlapping findings (an e-mail also matches URL) keep the highest score, then
-the longest span. `redact` is blocking (spaCy + regexes): the stage calls it off
-the event loop.
+Overlapping or adjacent findings merge into one span (their union), named by the
+best of them; a span never ends inside a word (`whole_words`). `redact` is blocking
+(spaCy + regexes): the stage calls it off the event loop.
 
 The cache maps HMAC(cache key, rules || tenant || text) to the redacted text and
 counts, so it never holds raw text as a key; its values hold only redacted text.
@@ -30,6 +30,7 @@ from presidio_analyzer import RecognizerResult
 
 from gateway.derivation import DerivedKeys, Purpose
 from privacy.nlp import LANGUAGE, OfflineAnalyzer
+from privacy.recognizers.result import unescape_newlines
 
 MASK_KEEP = 4
 
@@ -152,6 +153,41 @@ def select_spans(findings: list[RecognizerResult], rules: RedactionRules) -> lis
     return merged
 
 
+def whole_words(text: str, spans: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Spans widened to the letters and digits they touch, then merged again.
+
+    A recognizer that stops inside a word ("Martna la" of "Martna last year", "NW" of
+    "NW1 6XE") must not leave the rest of that word in clear next to the redaction."""
+    widened: list[RecognizerResult] = []
+    for span in spans:
+        start, end = span.start, span.end
+        while start > 0 and text[start - 1].isalnum():
+            start -= 1
+        while end < len(text) and text[end].isalnum():
+            end += 1
+        if widened and start <= widened[-1].end:
+            last = widened[-1]
+            keep = last if last.score >= span.score else span
+            widened[-1] = RecognizerResult(
+                entity_type=keep.entity_type,
+                start=last.start,
+                end=max(last.end, end),
+                score=keep.score,
+                recognition_metadata=keep.recognition_metadata,
+            )
+        else:
+            widened.append(
+                RecognizerResult(
+                    entity_type=span.entity_type,
+                    start=start,
+                    end=end,
+                    score=span.score,
+                    recognition_metadata=span.recognition_metadata,
+                )
+            )
+    return widened
+
+
 class Redactor:
     def __init__(self, analyzer: OfflineAnalyzer, *, keys: DerivedKeys, cache_size: int) -> None:
         self.analyzer = analyzer
@@ -216,13 +252,15 @@ class Redactor:
         wanted = sorted(rules.entities & set(self.analyzer.entities))
         if not wanted:
             return []
+        # Escaped line breaks ("\\n" as two characters, from JSON or logs) would glue the
+        # words around them into one token; same length, so offsets hold for `text`.
         findings: list[RecognizerResult] = self.analyzer.engine.analyze(
-            text,
+            unescape_newlines(text),
             language=LANGUAGE,
             entities=wanted,
             allow_list=list(rules.allow_list) or None,
         )
-        return select_spans(findings, rules)
+        return whole_words(text, select_spans(findings, rules))
 
     def _redact(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted:
         counts: dict[str, int] = {}

@@ -19,8 +19,9 @@ raw id), then the consent store.
 
 Erasure (idempotent): the erasure event (the pseudonym about to die), then the
 audit subject key (crypto-shredding; the log still verifies), then the consent
-history under an erasure marker, then the feature row (file and memory). A
-failure in any step is a 503 and the call can simply be repeated: a step already
+history under an erasure marker, then the subject's rows in other stores
+(outcome events, keyed by the consent handle), then the feature row (file and
+memory). A failure in any step is a 503 and the call can simply be repeated: a step already
 done is a no-op, and a repeated event is one more record of the same intent.
 """
 
@@ -28,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from audit import (
     KIND_CONSENT,
@@ -50,6 +51,14 @@ from privacy.errors import ConsentUnavailable
 from privacy.feature_erasure import erase_user
 
 
+class SubjectRows(Protocol):
+    """Other stores of a subject's rows, keyed by the consent store's subject handle
+    (models.experiments' outcome events): erasure deletes them after the consent history.
+    `erase_owner` raises an `OSError` when its store fails."""
+
+    def erase_owner(self, owner: bytes) -> int: ...
+
+
 class SubjectService:
     def __init__(
         self,
@@ -60,8 +69,10 @@ class SubjectService:
         features_path: Path | None,
         features_tenant: str | None = None,
         clock: Callable[[], float] = time.time,
+        rows: Sequence[SubjectRows] = (),
     ) -> None:
         self.consent = consent
+        self._rows = tuple(rows)
         self._audit = audit
         self._features = features
         self._features_path = features_path
@@ -183,6 +194,16 @@ class SubjectService:
             )
         except ConsentStoreError as exc:
             raise ConsentUnavailable(log_cause=f"consent erasure: {exc}") from exc
+        # 3b. Rows other stores keep under the subject's handle (outcome events): the handle
+        # outlives the audit key, so a failure here is repaired by the retry.
+        other_rows = 0
+        for store in self._rows:
+            try:
+                other_rows += await asyncio.to_thread(
+                    store.erase_owner, self.consent.handle(tenant, subject_id)
+                )
+            except OSError as exc:  # what SubjectRows raises when its store fails
+                raise ConsentUnavailable(log_cause=f"subject rows erasure: {exc}") from exc
         # 4. The feature row.
         feature_row = False
         owned = tenant == self._features_tenant
@@ -197,5 +218,6 @@ class SubjectService:
             "erased": True,
             "feature_row_erased": feature_row,
             "consent_rows_deleted": consent_rows,
+            "events_deleted": other_rows,
             "audit_key_destroyed": audit_key,
         }

@@ -2,6 +2,35 @@
 # Command 2: set up and run the whole test suite (lint, types, tests).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_env "dev,eval"
+# Debian tools some tests drive: promtool (tests/ops: the Prometheus rules) and chromium
+# (the HTML reports in a real browser). Installed where this runs as root with apt;
+# elsewhere those tests skip and say so.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null 2>&1; then
+        echo "WARNING: apt-get install ${missing[*]} failed: their tests will be skipped" >&2
+    fi
+fi
+# The IAB reference TCF library, oracle of tests/privacy/test_tcf_oracle.py, from the
+# committed lock file; reinstalled only when the lock file changes. Without npm those
+# tests skip and say so.
+tcf_oracle=tests/privacy/tcf_oracle
+if command -v npm >/dev/null 2>&1; then
+    tcf_lock="$(sha256sum < "$tcf_oracle/package-lock.json")"
+    if [ "$(cat "$tcf_oracle/node_modules/.lock-sha256" 2>/dev/null)" != "$tcf_lock" ]; then
+        if npm ci --prefix "$tcf_oracle" --ignore-scripts --no-audit --no-fund --loglevel=error
+        then
+            echo "$tcf_lock" > "$tcf_oracle/node_modules/.lock-sha256"
+        else
+            echo "WARNING: npm ci failed: the TCF reference oracle tests will be skipped" >&2
+        fi
+    fi
+else
+    echo "WARNING: npm not found: the TCF reference oracle tests will be skipped" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache

@@ -8,8 +8,12 @@ the log only):
      matches `alg` (no HS256-with-a-public-key, no `none`);
   4. the signature verifies (python-jose, with only that algorithm allowed);
   5. `typ`, `exp`, `iat`, `nbf` (with leeway, against the injected clock),
-     `aud` (one of the issuer's audiences) are checked.
-Verified tokens are cached until they expire, keyed by an HMAC of the token.
+     `aud` (one of the issuer's audiences) are checked;
+  6. a confirmation (`cnf`, RFC 7800) is understood only as RFC 8705's `x5t#S256`, and a
+     client the issuer binds must have one.
+Verified tokens are cached until they expire, keyed by an HMAC of the token. The stage
+then checks a certificate-bound token against the connection's client certificate, on
+every request (the cache holds tokens, not connections).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class IssuerTrust:
     keys: KeySource
     required_typ: str | None = None
     tenant_claim: str | None = None
+    # Clients whose tokens must be certificate-bound (RFC 8705 §3): one without `cnf` is
+    # refused, however it was minted.
+    bound_clients: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +119,24 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float:
     return number
 
 
-_SHOWN = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
+_X5T_S256 = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of 32 bytes, unpadded
+# Values a log line may quote: the JOSE algorithm registry and the JWT `typ` values, any
+# case. Anything else a caller chose (kid, iss, aud, client ids) may be personal data and
+# is logged as its type and size only (issue 13: no client value in any log line).
+_JOSE_ALGS = frozenset(
+    a.lower()
+    for a in (
+        *("none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"),
+        *("ES512", "ES256K", "PS256", "PS384", "PS512", "EdDSA", "Ed25519", "Ed448"),
+    )
+)
+_JWT_TYPS = frozenset(("jwt", "at+jwt", "application/at+jwt", "jose", "jose+json", "dpop+jwt"))
 
 
-def _shown(value: object) -> str:
-    """A value the caller chose, as a log line may quote it: short, printable and free of
-    separators, else only its type and size (no log forging, no personal data dumped)."""
-    if value is None or (isinstance(value, str) and _SHOWN.fullmatch(value)):
-        return repr(value)
-    if (
-        isinstance(value, list)
-        and len(value) <= 8
-        and all(isinstance(v, str) and _SHOWN.fullmatch(v) for v in value)
-    ):
+def _shown(value: object, vocabulary: frozenset[str] = frozenset()) -> str:
+    """A value the caller chose, as a log line may quote it: verbatim only when it is a
+    term of `vocabulary`, else its type and size (no log forging, no personal data)."""
+    if value is None or (isinstance(value, str) and value.lower() in vocabulary):
         return repr(value)
     size = len(value) if isinstance(value, str | list) else 0
     return f"<{type(value).__name__}, {size} long>"
@@ -132,6 +144,21 @@ def _shown(value: object) -> str:
 
 class _Reject(Exception):  # noqa: N818 - internal signal, always converted to InvalidToken
     pass
+
+
+def _certificate_thumbprint(claims: Mapping[str, Any]) -> str | None:
+    """RFC 8705 §3.1 `cnf.x5t#S256`, or None without `cnf`. A confirmation this gateway
+    cannot check (another method beside it, e.g. DPoP's `jkt`) is refused, never ignored:
+    ignoring it would make a sender-constrained token a bearer token again."""
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    if not isinstance(cnf, dict) or set(cnf) != {"x5t#S256"}:
+        raise _Reject("cnf is not exactly an x5t#S256 confirmation")
+    thumbprint = cnf["x5t#S256"]
+    if not isinstance(thumbprint, str) or not _X5T_S256.fullmatch(thumbprint):
+        raise _Reject("cnf x5t#S256 is not a base64url SHA-256 thumbprint")
+    return thumbprint
 
 
 def scopes_from(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -193,7 +220,7 @@ class TokenValidator:
         if trust is None:
             raise _Reject(f"untrusted issuer {_shown(iss)}")
         if alg not in trust.algorithms:
-            raise _Reject(f"algorithm {_shown(alg)} not allowed for {iss}")
+            raise _Reject(f"algorithm {_shown(alg, _JOSE_ALGS)} not allowed for {iss}")
         key = await trust.keys.key(kid, alg)
         if key is None:
             raise _Reject(f"no usable key {_shown(kid)} for {alg} at {iss}")
@@ -218,7 +245,7 @@ class TokenValidator:
                 trust.required_typ.lower(),
                 "application/" + trust.required_typ.lower(),
             }:
-                raise _Reject(f"typ {_shown(typ)} is not {trust.required_typ}")
+                raise _Reject(f"typ {_shown(typ, _JWT_TYPS)} is not {trust.required_typ}")
         return Verified(self._check_claims(claims, trust), trust.keys, kid, alg)
 
     def _check_claims(self, claims: Mapping[str, Any], trust: IssuerTrust) -> Principal:
@@ -246,6 +273,9 @@ class TokenValidator:
             raise _Reject("no client_id, azp or sub")
         tenant = claims.get(trust.tenant_claim) if trust.tenant_claim else None
         jti = claims.get("jti")
+        thumbprint = _certificate_thumbprint(claims)
+        if thumbprint is None and client_id in trust.bound_clients:
+            raise _Reject(f"client {_shown(client_id)} needs a certificate-bound token")
         return Principal(
             issuer=trust.issuer,
             client_id=client_id,
@@ -255,6 +285,7 @@ class TokenValidator:
             token_id=jti if isinstance(jti, str) else None,
             # The cache must not outlive the token, leeway included.
             expires_at=exp + self._leeway,
+            certificate_thumbprint=thumbprint,
         )
 
 
@@ -274,4 +305,11 @@ class AuthenticateStage:
         if match is None:
             raise InvalidToken(log_cause="Authorization is not a Bearer b64token")
         principal = await self._validator.validate(match.group(1))
+        bound = principal.certificate_thumbprint
+        if bound is not None and not hmac.compare_digest(bound, ctx.client_cert_thumbprint or ""):
+            # RFC 8705 §3: a stolen bound token is useless without the certificate's key.
+            cause = "no" if ctx.client_cert_thumbprint is None else "another"
+            raise InvalidToken(
+                log_cause=f"certificate-bound token on a connection with {cause} client certificate"
+            )
         return ctx.evolve(principal=principal)

@@ -32,7 +32,13 @@ class DisabledIssuer:
     def metadata(self) -> NoReturn:
         self.check_enabled()
 
-    async def token_endpoint(self, body: bytes, headers: Mapping[str, str]) -> NoReturn:
+    async def token_endpoint(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        client_cert_thumbprint: str | None = None,
+    ) -> NoReturn:
         self.check_enabled()
 
 
@@ -42,11 +48,19 @@ TokenIssuer = EmbeddedIssuer | DisabledIssuer
 def open_issuer(settings: Settings, clock: Clock) -> TokenIssuer:
     if not settings.issuer.enabled:
         return DisabledIssuer()
+    mutual_tls = settings.tls.client_ca_file is not None
+    bound = [c.client_id for c in settings.issuer.clients if c.certificate_bound]
+    if bound and not mutual_tls:
+        raise ConfigurationError(
+            f"client(s) {', '.join(bound)} get only certificate-bound tokens, which need "
+            "mutual TLS: set tls.client_ca_file (with tls.cert_file and tls.key_file)"
+        )
     return EmbeddedIssuer(
         settings.issuer,
         issuer_url=settings.issuer_url,
         signing_key=load_signing_key(settings.resolve(settings.issuer.signing_key_file)),
         clock=clock,
+        mutual_tls=mutual_tls,
     )
 
 
@@ -79,6 +93,7 @@ def trusted_issuers(
                 keys=StaticKeySource(issuer.jwks()),
                 required_typ="at+jwt",
                 tenant_claim="tenant",
+                bound_clients=issuer.bound_clients(),
             )
         )
     auth = settings.auth

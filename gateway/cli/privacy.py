@@ -50,10 +50,11 @@ def erase(
     config: Annotated[Path | None, typer.Option("--config")] = None,
 ) -> None:
     """Full erasure with the gateway stopped, as `DELETE /v1/subjects/{id}` does: feature
-    row, consent history, audit subject key (idempotent)."""
+    row, consent history, outcome events, audit subject key (idempotent)."""
     import asyncio
 
     from audit.factory import open_audit_log
+    from gateway.event_store import open_event_store
     from models.features import FeatureStore
     from privacy.components import open_consent_store, subject_service
 
@@ -64,7 +65,8 @@ def erase(
         raise ConfigurationError(f"feature store: {exc}") from exc
     consent = open_consent_store(settings)
     audit_log = open_audit_log(settings) if settings.audit.enabled else None
-    service = subject_service(settings, consent, audit=audit_log, features=features)
+    events = open_event_store(settings)
+    service = subject_service(settings, consent, audit=audit_log, features=features, rows=(events,))
 
     async def run() -> dict[str, object]:
         try:
@@ -74,6 +76,7 @@ def erase(
                 await audit_log.close()
                 audit_log.store.close()
             consent.close()
+            events.close()
 
     try:
         typer.echo(json.dumps(asyncio.run(run())))

@@ -4,10 +4,12 @@ and a non-zero exit."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gateway.cli.ab import ab_app
 from gateway.cli.audit import audit_app
 from gateway.cli.keys import keys_app
 from gateway.cli.models import models_app
@@ -29,6 +31,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(ab_app, name="ab")
 
 
 @app.command()
@@ -51,6 +54,16 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Listen address")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve OIP v2 gRPC on this port (e.g. 8081)")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS only: PEM certificate (then intermediates)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM private key")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="Mutual TLS: verify client certificates against this CA")
+    ] = None,
     init_if_missing: Annotated[
         bool, typer.Option("--init", help="Run `init` first if the data directory is new")
     ] = False,
@@ -61,10 +74,18 @@ def serve(
     from gateway.app import create_app
     from gateway.logs import configure_logging
     from gateway.server import server_config
+    from gateway.tls import tls_overrides
 
     if init_if_missing:
         init(data_dir)
-    settings = build_settings(data_dir, config, host=host, port=port)
+    settings = build_settings(
+        data_dir,
+        config,
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        tls=tls_overrides(tls_cert, tls_key, tls_client_ca),
+    )
     configure_logging(settings.log_level, settings.telemetry.log_format)
     uvicorn.Server(server_config(settings, create_app(settings))).run()
 

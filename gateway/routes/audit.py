@@ -116,7 +116,7 @@ async def _index_of(audit_log: AuditLog, request_id: str) -> int | None:
         raise InternalError(
             "this request id names more than one record (a log written before request "
             "ids were unique, or damage); look the records up by index",
-            log_cause=f"ambiguous request id {request_id!r}: {exc}",
+            log_cause=f"ambiguous request id: {exc}",  # the id is the client's: not logged
         ) from exc
     except StoreError as exc:
         raise AuditUnavailable(log_cause=f"audit store: {exc}") from exc
@@ -304,4 +304,8 @@ def _time_param(request: Request, name: str) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         raise InvalidRequest(f"{name} is required")
-    return parse_time_ms(raw, name)
+    try:
+        return parse_time_ms(raw, name)
+    except ExportError:
+        # Its message quotes the value; an error detail never echoes what the client sent.
+        raise InvalidRequest(f"{name}: epoch milliseconds or ISO 8601") from None

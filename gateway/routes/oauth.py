@@ -10,6 +10,7 @@ from audit.refusals import source_key
 from gateway.components import components_of
 from gateway.errors import InspectionUnavailable, OAuthError, TooManyRequests
 from gateway.routes._json import json_response
+from gateway.tls_scope import client_cert_thumbprint
 from security.trust import TokenIssuer
 
 router = APIRouter()
@@ -42,7 +43,11 @@ async def token(request: Request) -> Response:
         await _audit_token(request, None, exc.status, exc.slug)
         raise
     try:
-        client_id, body = await issuer.token_endpoint(await request.body(), request.headers)
+        client_id, body = await issuer.token_endpoint(
+            await request.body(),
+            request.headers,
+            client_cert_thumbprint=client_cert_thumbprint(request.scope),
+        )
     except OAuthError as exc:
         # Failed client authentication is security-relevant: it is recorded too.
         await _audit_token(request, None, exc.status, exc.error)

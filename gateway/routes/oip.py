@@ -1,10 +1,16 @@
 """The Open Inference Protocol v2 REST surface for the ranker model.
 
 Health and server metadata are open (load balancers and probes call them);
-model metadata, readiness and inference need a bearer token with scope `infer`.
+model metadata, readiness and inference need a bearer token with scope `infer`;
+Triton's statistics, model configuration and repository index need scope `admin`.
+Inference speaks JSON and the binary tensor data extension (gateway.oip_rest,
+gateway.oip_binary), as `tritonclient.http` and KServe's REST client send them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -12,14 +18,22 @@ from starlette.responses import Response
 
 from gateway.components import Components, components_of
 from gateway.errors import ModelNotReady, NotFound
+from gateway.oip_binary import encode_infer_response
+from gateway.oip_repository import model_config, repository_index
+from gateway.oip_rest import HEADER_LENGTH, require_oip_json
+from gateway.oip_stats import model_statistics
 from gateway.pipeline import Action, RequestContext, Respond
 from gateway.readiness import dependency_checks
 from gateway.routes._json import json_response
+from gateway.schemas import RepositoryIndexRequest, parse_json
 
 router = APIRouter(prefix="/v2")
 
 SERVER_NAME = "secure-model-gateway"
 SERVER_VERSION = "0.1.0"
+# Only what is implemented in full: the model repository extension's load and unload are
+# not (models are loaded through /v1/admin/models), so only its index is served.
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_configuration")
 
 
 def _missing_model(components: Components, name: str, version: str | None) -> NotFound | None:
@@ -42,7 +56,9 @@ def _check_model(components: Components, name: str, version: str | None) -> None
 
 @router.get("", summary="OIP server metadata")
 async def server_metadata() -> Response:
-    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+    return json_response(
+        {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+    )
 
 
 @router.get("/health/live", summary="OIP server liveness")
@@ -56,6 +72,38 @@ async def ready(request: Request) -> Response:
     dependencies = await dependency_checks(components)
     is_ready = components.serving.ready and all(s == "ok" for s in dependencies.values())
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+async def _admin(request: Request, step: Callable[[RequestContext], Awaitable[Any]]) -> Response:
+    components = components_of(request)
+    ctx = await components.pipeline(Action.ADMIN).run(
+        components.context(request, Action.ADMIN), then=Respond(step)
+    )
+    return json_response(ctx.response)
+
+
+async def _statistics(request: Request, name: str | None, version: str | None) -> Response:
+    components = components_of(request)
+
+    async def statistics(_ctx: RequestContext) -> dict[str, object]:
+        if name is not None:
+            _check_model(components, name, version)
+        ranker = components.serving.ranker
+        if ranker is None:
+            # Nothing loaded: Triton lists no model rather than failing the whole call.
+            if name is not None:
+                raise ModelNotReady("the model is not loaded")
+            return {"model_stats": []}
+        stats = model_statistics(components.metrics, ranker.ref.name, ranker.ref.version)
+        return {"model_stats": [stats]}
+
+    return await _admin(request, statistics)
+
+
+# Declared before /models/{name}: "stats" is not a model name here.
+@router.get("/models/stats", summary="Triton inference statistics of every model (scope: admin)")
+async def all_statistics(request: Request) -> Response:
+    return await _statistics(request, None, None)
 
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
@@ -101,14 +149,18 @@ async def model_version_metadata(request: Request, name: str, version: str) -> R
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
     components = components_of(request)
 
-    async def readiness(_ctx: RequestContext) -> bool:
-        _check_model(components, name, version)
-        return components.serving.ranker is not None
+    class Readiness:
+        name = "respond"
+
+        async def __call__(self, ctx: RequestContext) -> RequestContext:
+            _check_model(components, name, version)
+            ready = components.serving.ranker is not None
+            return ctx.evolve(response=ready, status=200 if ready else 503)
 
     ctx = await components.pipeline(Action.MODEL_READ).run(
-        components.context(request, Action.MODEL_READ), then=Respond(readiness)
+        components.context(request, Action.MODEL_READ), then=Readiness()
     )
-    return json_response({"name": name, "ready": ctx.response}, status=200 if ctx.response else 503)
+    return json_response({"name": name, "ready": ctx.response}, status=ctx.status)
 
 
 @router.get("/models/{name}/ready", summary="OIP model readiness (scope: infer)")
@@ -135,7 +187,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     ctx = components.context(request, Action.INFER, await request.body())
     ctx = await components.pipeline(Action.INFER).run(ctx)
     headers = components.inspection.verdict_headers(ctx.inspection)
-    return json_response(ctx.response, headers=headers)
+    body, header_length = encode_infer_response(ctx.response)
+    if header_length is None:
+        return Response(body, headers=headers, media_type="application/json")
+    headers[HEADER_LENGTH] = str(header_length)
+    return Response(body, headers=headers, media_type="application/octet-stream")
 
 
 @router.post("/models/{name}/infer", summary="OIP inference (scope: infer)")
@@ -146,3 +202,65 @@ async def infer(request: Request, name: str) -> Response:
 @router.post("/models/{name}/versions/{version}/infer", summary="OIP inference (scope: infer)")
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
+
+
+@router.get("/models/{name}/stats", summary="Triton inference statistics (scope: admin)")
+async def statistics(request: Request, name: str) -> Response:
+    return await _statistics(request, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/stats", summary="Triton inference statistics (scope: admin)"
+)
+async def version_statistics(request: Request, name: str, version: str) -> Response:
+    return await _statistics(request, name, version)
+
+
+async def _config(request: Request, name: str, version: str | None) -> Response:
+    components = components_of(request)
+
+    async def config(_ctx: RequestContext) -> dict[str, object]:
+        _check_model(components, name, version)
+        ranker = components.serving.ranker
+        if ranker is None:
+            raise ModelNotReady("the model is not loaded")
+        ref = ranker.ref
+        return model_config(ref.name, ref.version, ranker.inputs, ranker.outputs)
+
+    return await _admin(request, config)
+
+
+@router.get("/models/{name}/config", summary="Triton model configuration (scope: admin)")
+async def config(request: Request, name: str) -> Response:
+    return await _config(request, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/config", summary="Triton model configuration (scope: admin)"
+)
+async def version_config(request: Request, name: str, version: str) -> Response:
+    return await _config(request, name, version)
+
+
+@router.post("/repository/index", summary="Triton model repository index (scope: admin)")
+async def index(request: Request) -> Response:
+    components = components_of(request)
+    body = await request.body()
+
+    async def listing(_ctx: RequestContext) -> list[dict[str, str]]:
+        # Parsed only now, after authentication; tritonclient sends an empty body.
+        ask = RepositoryIndexRequest()
+        if body.strip():
+            require_oip_json(request.headers)
+            ask = parse_json(RepositoryIndexRequest, body)
+        loaded = [(m.name, m.version) for m in components.serving.loaded()]
+        ranker = components.serving.ranker
+        if ranker is not None:
+            loaded.append((ranker.ref.name, ranker.ref.version))
+        try:
+            on_disk = components.serving.registry(components.settings.model.name).on_disk()
+        except NotFound:
+            on_disk = []  # an unpackaged (dev) model: there is no package directory
+        return repository_index(loaded, on_disk, ready_only=ask.ready)
+
+    return await _admin(request, listing)

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.datadir import MODEL_SIGNING_KEY
 from models.demo import model_bytes
+from models.drift import DECILE_KEYS, SHARE_KEYS
 from models.features import FeatureStore
 from models.loader import PolicyView
 from models.ort import session_from_bytes
@@ -90,9 +91,13 @@ def test_package_holds_no_plaintext_and_a_complete_manifest(box: Box) -> None:
 def test_feature_stats_follow_the_agreed_format(box: Box) -> None:
     stats = json.loads((box.package() / "manifest.json").read_text())["feature_stats"]
     assert set(stats) == {"user_id", "item_id", "user_features", "item_features"}
+    drift_keys = (*DECILE_KEYS, *SHARE_KEYS)  # the drift gauges' reference bins
     for name, columns in (("user_id", 1), ("item_id", 1), ("user_features", 20)):
-        assert set(stats[name]) == set(STAT_KEYS)
-        assert all(len(stats[name][k]) == columns for k in STAT_KEYS)
+        assert set(stats[name]) == {*STAT_KEYS, *drift_keys}
+        assert all(len(stats[name][k]) == columns for k in (*STAT_KEYS, *drift_keys))
+        # Every column's bin shares are a distribution over the ten bins.
+        totals = np.sum([stats[name][k] for k in SHARE_KEYS], axis=0)
+        assert np.allclose(totals, 1.0, atol=1e-5)
     uf = stats["user_features"]
     assert all(
         lo <= q1 <= m <= q9 <= hi

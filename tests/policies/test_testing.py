@@ -10,7 +10,7 @@ from tests.policies.conftest import EditBundle
 def test_default_bundle_passes_its_tests(default_bundle: PolicyBundle) -> None:
     report = run_tests(default_bundle)
     assert report.passed, report.render()
-    assert report.total == len(default_bundle.tests)
+    assert report.total == len(default_bundle.tests) + len(default_bundle.consent_tests)
     names = {c.case.name for c in default_bundle.tests}
     assert "rank with rank" in names
     assert "rank without rank" in names

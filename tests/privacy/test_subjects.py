@@ -194,6 +194,7 @@ def test_export_then_erasure_end_to_end(
         "erased": True,
         "feature_row_erased": True,
         "consent_rows_deleted": 1,
+        "events_deleted": 0,
         "audit_key_destroyed": True,
     }
     # Idempotent.

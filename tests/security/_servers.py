@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -31,12 +32,20 @@ class Served:
 
 
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[Served]:
-    """Serve `app` on a free port; the socket is bound first, so there is no port race."""
+def serve(app: ASGIApp, *, scheme: str = "http", **options: Any) -> Iterator[Served]:
+    """Serve `app` on a free port; the socket is bound first, so there is no port race.
+    `options`: more uvicorn.Config arguments (a TLS test's protocol and context)."""
     with _serve(
         lambda port: uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
-        )
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws="none",
+            lifespan="on",
+            **options,
+        ),
+        scheme=scheme,
     ) as served:
         yield served
 
@@ -50,13 +59,17 @@ def serve_gateway(settings: Settings, *, start_timeout_s: float = 60.0) -> Itera
     def config(port: int) -> uvicorn.Config:
         return server_config(settings.model_copy(update={"port": port}), create_app(settings))
 
-    with _serve(config, start_timeout_s=start_timeout_s) as served:
+    scheme = "https" if settings.tls.enabled else "http"
+    with _serve(config, start_timeout_s=start_timeout_s, scheme=scheme) as served:
         yield served
 
 
 @contextmanager
 def _serve(
-    config_for: Callable[[int], uvicorn.Config], *, start_timeout_s: float = 10.0
+    config_for: Callable[[int], uvicorn.Config],
+    *,
+    start_timeout_s: float = 10.0,
+    scheme: str = "http",
 ) -> Iterator[Served]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -64,7 +77,7 @@ def _serve(
     server = uvicorn.Server(config_for(port))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    served = Served(f"http://127.0.0.1:{port}", port, server, thread)
+    served = Served(f"{scheme}://127.0.0.1:{port}", port, server, thread)
     try:
         deadline = time.monotonic() + start_timeout_s
         while not server.started:
