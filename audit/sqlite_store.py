@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 from audit.merkle import Frontier
 from audit.sql_store import QUERIES, Role, SqlAuditStore, split_hashes
 from audit.store import PendingRecord, StoreError, check_batch
+from gateway.sqlite_wal import enable_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_leaves (
@@ -131,16 +131,7 @@ class SqliteAuditStore(SqlAuditStore):
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout_s
         )
-        # Switching a brand-new file to WAL needs an exclusive lock and ignores the busy
-        # timeout, so two processes creating the log at once must retry.
-        for attempt in range(50):
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.05)
+        enable_wal(conn)
         # FULL: in WAL mode a commit is durable only when the WAL is synced.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")

@@ -9,7 +9,9 @@ or request values that may be personal; `log_cause` is for the log only.
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "urn:gateway:problem:"
@@ -240,3 +242,12 @@ class OAuthError(Exception):
         self.error = error
         self.description = description
         self.status = status
+
+
+def bug_report(exc: BaseException) -> str:
+    """An unexpected exception as the log may hold it: its type and where it was raised
+    (file, line, function; innermost first), never its message or arguments, which may
+    quote what a client sent."""
+    frames = traceback.extract_tb(exc.__traceback__)[-8:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__} at {where}" if where else type(exc).__name__

@@ -25,7 +25,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from gateway.errors import GatewayError, InternalError
+from gateway.errors import GatewayError, InternalError, bug_report
 from gateway.logs import REQUEST_FIELDS
 from gateway.telemetry import span
 
@@ -343,7 +343,7 @@ class Pipeline:
             raise
         except Exception as exc:
             # A bug in a stage must still refuse the request (and be audited), never pass it.
-            error = InternalError(log_cause=f"{type(exc).__name__}: {exc}")
+            error = InternalError(log_cause=bug_report(exc))
             raise error from exc
         finally:
             fields = REQUEST_FIELDS.get()

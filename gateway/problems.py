@@ -17,6 +17,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     OAuthError,
+    bug_report,
 )
 
 log = logging.getLogger("gateway.errors")
@@ -102,8 +103,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Clients never see internals; the traceback goes to the server log.
-        log.exception("unhandled error", exc_info=exc)
+        # Clients never see internals; the server log gets where it broke, not the message.
+        log.error("unhandled error: %s", bug_report(exc))
         return error_response(InternalError(), request)
 
     app.add_exception_handler(GatewayError, on_gateway_error)

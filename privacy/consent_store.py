@@ -33,6 +33,7 @@ from psycopg import sql
 
 from gateway.derivation import DerivedKeys, Purpose
 from gateway.pg_session import BoundedPostgres, Connection
+from gateway.sqlite_wal import enable_wal
 
 PURPOSES = ("personalization", "analytics", "sale_share")
 JURISDICTIONS = ("eu", "california", "default")
@@ -236,7 +237,7 @@ class SqliteConsentStore(ConsentStore):
                 existing.chmod(0o600)  # data directories made before this was so
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SQLITE_SCHEMA)
             self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -28,7 +28,13 @@ from opentelemetry.trace import SpanKind
 from starlette.datastructures import Headers
 
 from gateway.components import Components
-from gateway.errors import AuditUnavailable, GatewayError, InternalError, RequestTimeout
+from gateway.errors import (
+    AuditUnavailable,
+    GatewayError,
+    InternalError,
+    RequestTimeout,
+    bug_report,
+)
 from gateway.grpc.status import code_of, message_of, trailers_of
 from gateway.logs import REQUEST_FIELDS
 from gateway.pipeline import RequestContext
@@ -241,5 +247,5 @@ class CallRunner:
 
 
 def _unexpected(exc: Exception, call: Call) -> GatewayError:
-    log.error("request %s failed", call.request_id, exc_info=exc)
+    log.error("request %s failed: %s", call.request_id, bug_report(exc))
     return InternalError(log_cause=type(exc).__name__)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.sqlite_wal import enable_wal
+
 EVENT_KINDS = ("impression", "click", "conversion")
 # Latency buckets of the guardrail histogram (ms, upper bounds); the last is open.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -303,7 +305,7 @@ class SqliteEventStore(EventStore):
                 existing.chmod(0o600)
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(_SCHEMA)

@@ -62,10 +62,14 @@ async def test_final_stage_sees_success_and_refusal() -> None:
 @pytest.mark.asyncio
 async def test_a_bug_in_a_stage_is_refused_as_internal_error_and_reaches_final() -> None:
     audit = Recorder()
-    pipeline = Pipeline([Named("rank", ZeroDivisionError("boom"))], final=[audit])
-    with pytest.raises(InternalError):
+    # The message of a bug may quote what a client sent: the log gets where, not what.
+    pipeline = Pipeline([Named("rank", ZeroDivisionError("zelda@example.net"))], final=[audit])
+    with pytest.raises(InternalError) as raised:
         await pipeline.run(ctx())
     assert isinstance(audit.calls[-1][1], InternalError)
+    cause = raised.value.log_cause or ""
+    assert cause.startswith("ZeroDivisionError at test_pipeline.py:")
+    assert "zelda" not in cause
 
 
 def test_context_is_immutable_and_evolve_checks_fields() -> None:
