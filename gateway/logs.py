@@ -36,6 +36,8 @@ class RequestFields(logging.Filter):
                     record.__dict__[name] = value
         if "trace_id" not in record.__dict__:
             record.trace_id = current_trace_id()
+        # uvicorn's copy of its message with terminal colour codes: noise in a JSON line.
+        record.__dict__.pop("color_message", None)
         return True
 
 
