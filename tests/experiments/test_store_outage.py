@@ -4,9 +4,8 @@ the store comes back by itself."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
@@ -15,6 +14,7 @@ from models.experiments import ArmKey, EventStoreError, OutcomeEvent
 from models.experiments.postgres_store import PostgresEventStore
 from tests.faults.conftest import own_postgres  # noqa: F401 - the fixture (skips loudly)
 from tests.faults.servers import OwnPostgres
+from tests.faults.timing import eventually, timed
 
 BOUND_S = 0.5
 SLACK_S = 0.4  # the watchdog's wake-up and the error's way back
@@ -38,26 +38,6 @@ def store(own_postgres: OwnPostgres) -> Iterator[PostgresEventStore]:  # noqa: F
         opened.close()
 
 
-def timed(call: Callable[[], T]) -> tuple[T | EventStoreError, float]:
-    started = time.monotonic()
-    try:
-        result: T | EventStoreError = call()
-    except EventStoreError as exc:
-        result = exc
-    return result, time.monotonic() - started
-
-
-def eventually(call: Callable[[], T], within_s: float) -> tuple[T, float]:
-    started = time.monotonic()
-    while True:
-        try:
-            return call(), time.monotonic() - started
-        except EventStoreError:
-            if time.monotonic() - started > within_s:
-                raise
-            time.sleep(0.01)
-
-
 def test_a_stopped_database_fails_in_bound_and_comes_back(
     store: PostgresEventStore,
     own_postgres: OwnPostgres,  # noqa: F811
@@ -69,11 +49,11 @@ def test_a_stopped_database_fails_in_bound_and_comes_back(
         lambda: store.add([click("r2")]),
         lambda: store.erase_owner(b"\x01" * 32),
     ):
-        result, took = timed(call)
+        result, took = timed(call, EventStoreError)
         assert isinstance(result, EventStoreError), result
         assert took < 2.0 + SLACK_S, f"{took:.2f} s"  # libpq's 2 s connect floor at most
     own_postgres.thaw()
-    counts, took = eventually(lambda: store.counts("demo-ranker"), 5)
+    counts, took = eventually(lambda: store.counts("demo-ranker"), 5, EventStoreError)
     assert took < 2.0, f"back after {took:.2f} s"
     # The refused write and erasure did not happen.
     assert counts[ARM]["click"] == 1
@@ -85,11 +65,11 @@ def test_a_restarted_database_is_reconnected(
 ) -> None:
     store.add([click("r1")])
     own_postgres.stop()
-    result, took = timed(lambda: store.counts("demo-ranker"))
+    result, took = timed(lambda: store.counts("demo-ranker"), EventStoreError)
     assert isinstance(result, EventStoreError)
     assert took < BOUND_S + SLACK_S
     own_postgres.start()
-    counts, took = eventually(lambda: store.counts("demo-ranker"), 5)
+    counts, took = eventually(lambda: store.counts("demo-ranker"), 5, EventStoreError)
     assert took < 2.0, f"back after {took:.2f} s"
     assert counts[ARM]["click"] == 1
     assert store.add([click("r2")]) == [True]

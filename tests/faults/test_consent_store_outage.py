@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from gateway.derivation import DerivedKeys
 from privacy.consent_store import ConsentEntry, ConsentStoreError, PostgresConsentStore
 from tests.faults.servers import OwnPostgres
+from tests.faults.timing import eventually, timed
 
 BOUND_S = 0.5
 # What a call may take past its bound: the watchdog's wake-up and the error's way back.
@@ -39,26 +40,6 @@ def store(own_postgres: OwnPostgres) -> Iterator[PostgresConsentStore]:
         opened.close()
 
 
-def timed(call: Callable[[], T]) -> tuple[T | ConsentStoreError, float]:
-    started = time.monotonic()
-    try:
-        result: T | ConsentStoreError = call()
-    except ConsentStoreError as exc:
-        result = exc
-    return result, time.monotonic() - started
-
-
-def eventually(call: Callable[[], T], within_s: float) -> tuple[T, float]:
-    started = time.monotonic()
-    while True:
-        try:
-            return call(), time.monotonic() - started
-        except ConsentStoreError:
-            if time.monotonic() - started > within_s:
-                raise
-            time.sleep(0.01)
-
-
 def test_a_stopped_database_fails_reads_and_writes_in_bound_and_comes_back(
     store: PostgresConsentStore, own_postgres: OwnPostgres
 ) -> None:
@@ -70,13 +51,13 @@ def test_a_stopped_database_fails_reads_and_writes_in_bound_and_comes_back(
         lambda: store.record(None, "bob", grant("bob")),
         lambda: store.erased(None, "alice"),
     ):
-        result, took = timed(call)
+        result, took = timed(call, ConsentStoreError)
         assert isinstance(result, ConsentStoreError), result
         # The first waits for its bound (libpq's 2 s connect floor caps a reconnection).
         assert took < 2.0 + SLACK_S, f"{took:.2f} s"
     time.sleep(0.5)
     own_postgres.thaw()
-    current, took = eventually(lambda: store.current(None, "alice"), 5)
+    current, took = eventually(lambda: store.current(None, "alice"), 5, ConsentStoreError)
     assert took < 2.0, f"back after {took:.2f} s"
     assert current["personalization"].granted
     # The write refused during the outage did not happen; a new one does, and stays.
@@ -94,7 +75,7 @@ def test_a_hung_call_does_not_hold_the_others_past_their_bound(
     took: list[float] = []
 
     def call() -> None:
-        took.append(timed(lambda: store.current(None, "alice"))[1])
+        took.append(timed(lambda: store.current(None, "alice"), ConsentStoreError)[1])
 
     threads = [threading.Thread(target=call) for _ in range(6)]
     for thread in threads:
@@ -112,11 +93,11 @@ def test_a_restarted_database_is_reconnected_without_a_restart(
 ) -> None:
     store.record(None, "alice", grant("alice"))
     own_postgres.stop()
-    result, took = timed(lambda: store.current(None, "alice"))
+    result, took = timed(lambda: store.current(None, "alice"), ConsentStoreError)
     assert isinstance(result, ConsentStoreError)
     assert took < BOUND_S + SLACK_S  # a refused connection fails fast
     own_postgres.start()
-    current, took = eventually(lambda: store.current(None, "alice"), 5)
+    current, took = eventually(lambda: store.current(None, "alice"), 5, ConsentStoreError)
     assert took < 2.0, f"back after {took:.2f} s"
     assert current["personalization"].granted
     store.record(None, "bob", grant("bob"))

@@ -8,7 +8,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import psycopg
@@ -20,6 +20,7 @@ from audit.merkle import leaf_hash
 from audit.postgres_store import PostgresAuditStore
 from audit.store import AppendInDoubt, PendingRecord, StoreError
 from tests.faults.servers import OwnPostgres
+from tests.faults.timing import eventually, timed
 
 BOUND_S = 0.5
 # What a call may take past its bound: the watchdog's wake-up and the error's way back.
@@ -44,45 +45,24 @@ def store(own_postgres: OwnPostgres) -> Iterator[PostgresAuditStore]:
         opened.close()
 
 
-def timed(call: Callable[[], T]) -> tuple[T | StoreError, float]:
-    started = time.monotonic()
-    try:
-        result: T | StoreError = call()
-    except StoreError as exc:
-        result = exc
-    return result, time.monotonic() - started
-
-
-def eventually(call: Callable[[], T], within_s: float) -> tuple[T, float]:
-    """The first success of `call`, and how long after now it came."""
-    started = time.monotonic()
-    while True:
-        try:
-            return call(), time.monotonic() - started
-        except StoreError:
-            if time.monotonic() - started > within_s:
-                raise
-            time.sleep(0.01)
-
-
 def test_a_stopped_database_fails_each_call_in_bound_then_at_once_and_comes_back(
     store: PostgresAuditStore, own_postgres: OwnPostgres
 ) -> None:
     assert store.append_batch([pending(0), pending(1)]) == 0
     own_postgres.freeze()
     # The first call waits for its bound: nobody knew the server was gone.
-    result, took = timed(store.size)
+    result, took = timed(store.size, StoreError)
     assert isinstance(result, StoreError)
     assert "did not answer" in str(result)
     assert took < BOUND_S + SLACK_S
     # Now the outage is known: reads, appends and the settle check fail without waiting.
     for call in (store.size, lambda: store.append_batch([pending(2)]), store.checkpoints):
-        result, took = timed(call)
+        result, took = timed(call, StoreError)
         assert isinstance(result, StoreError)
         assert took < 0.1
     time.sleep(1.0)  # the reviver keeps trying meanwhile
     own_postgres.thaw()
-    index, took = eventually(lambda: store.append_batch([pending(2)]), 5)
+    index, took = eventually(lambda: store.append_batch([pending(2)]), 5, StoreError)
     assert took < 2.0, f"back after {took:.2f} s"
     assert index == 2
     # And it stays back: the connections that lived through the outage were replaced.
@@ -97,12 +77,12 @@ def test_a_restarted_database_is_reconnected_without_a_restart(
     assert store.append_batch([pending(0)]) == 0
     own_postgres.stop()
     for call in (store.size, lambda: store.append_batch([pending(1)])):
-        result, took = timed(call)
+        result, took = timed(call, StoreError)
         assert isinstance(result, StoreError)
         assert took < BOUND_S + SLACK_S  # refused connections fail fast
     own_postgres.start()
     back = time.monotonic()
-    _, took = eventually(store.size, 5)
+    _, took = eventually(store.size, 5, StoreError)
     assert took < 2.0
     # Every call after the first success works: no connection is found dead later.
     assert [store.append_batch([pending(n)]) for n in range(1, 6)] == [1, 2, 3, 4, 5]
@@ -179,7 +159,7 @@ def test_a_commit_cut_short_is_reported_in_doubt_and_settled_after(
     assert caught.value.first_index == 1
     time.sleep(0.2)
     own_postgres.thaw()
-    settled, took = eventually(lambda: store.settled_leaf_hash(1), 5)
+    settled, took = eventually(lambda: store.settled_leaf_hash(1), 5, StoreError)
     assert took < 2.0
     durable = settled == batch[0].leaf_hash
     # Either answer is possible here (the server's own statement timeout, pending while
