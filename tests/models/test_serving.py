@@ -47,6 +47,14 @@ def test_tampered_package_at_start_is_not_ready_and_nothing_is_served(box: Box) 
         assert refused.status_code == 503
         assert refused.json()["type"] == "urn:gateway:problem:model-not-ready"
         assert "model.onnx.enc" not in refused.text
+        # OIP model readiness answers 503, and its audit record says the same.
+        from audit.record import parse
+
+        not_ready = client.get("/v2/models/demo-ranker/ready", headers=box.headers("demo"))
+        assert (not_ready.status_code, not_ready.json()["ready"]) == (503, False)
+        store = client.app.state.components.audit.store  # type: ignore[attr-defined]
+        index = store.index_of(not_ready.headers["x-request-id"])
+        assert parse(store.leaf(index).payload)["status"] == 503
 
 
 def test_a_model_hot_loaded_after_a_refused_start_is_inspected(box: Box) -> None:
