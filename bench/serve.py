@@ -53,7 +53,7 @@ from bench.servers import (
     metrics_text,
     running,
 )
-from gateway.datadir import init_data_dir
+from gateway.datadir import InitReport, init_data_dir
 from gateway.grpc import grpc_predict_v2_pb2 as pb
 from gateway.settings import load_settings
 from models.demo import model_bytes
@@ -145,6 +145,30 @@ def write_bodies(work: Path, feeds: dict[str, np.ndarray]) -> dict[str, tuple[Pa
     }
 
 
+@dataclass
+class Bench:
+    """A fresh data directory for load tests, and one `/v1/rank` body of u7's candidates."""
+
+    work: Path
+    report: InitReport
+    store: FeatureStore
+    items: list[str]
+    rank_body: Path
+
+    @classmethod
+    def make(cls, prefix: str, candidates: int) -> Bench:
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+        report = init_data_dir(work / "data")
+        lift_client_limits(report.data_dir)
+        settings = load_settings(data_dir=report.data_dir, config_file=report.config)
+        store = FeatureStore.load(settings.resolve(settings.model.features_path))
+        rng = np.random.default_rng(0)
+        items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), candidates, False)]
+        rank_body = work / "body.json"
+        rank_body.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
+        return cls(work, report, store, items, rank_body)
+
+
 def check_once(target: Target, token: str) -> None:
     """One request before the load: a surface that refuses would only measure errors."""
     if target.grpc:
@@ -232,16 +256,9 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    report = init_data_dir(work / "data")
-    lift_client_limits(report.data_dir)
-    settings = load_settings(data_dir=report.data_dir, config_file=report.config)
-    store = FeatureStore.load(settings.resolve(settings.model.features_path))
-    rng = np.random.default_rng(0)
-    items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), args.candidates, False)]
-    rank_file = work / "body.json"
-    rank_file.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
-    feeds = store.inputs_for("u7", items)
+    bench = Bench.make("bench-serve-", args.candidates)
+    work, report, rank_file = bench.work, bench.report, bench.rank_body
+    feeds = bench.store.inputs_for("u7", bench.items)
     bodies = write_bodies(work, feeds)
 
     # The committed model: the data directory holds only its encrypted package.

@@ -13,28 +13,19 @@ throughput cost at concurrency 64 with 10 % sampling.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import urllib.request
-from pathlib import Path
 
-import numpy as np
-
-from bench.serve import Target, _median, check_once, measure
+from bench.serve import Bench, Target, _median, check_once, measure
 from bench.servers import (
     H2LOAD,
     fetch_token,
     free_port,
     gateway_command,
     gateway_env,
-    lift_client_limits,
     running,
 )
-from gateway.datadir import init_data_dir
-from gateway.settings import load_settings
-from models.features import FeatureStore
 
 
 def main() -> None:
@@ -49,15 +40,8 @@ def main() -> None:
         raise SystemExit("h2load not found (Debian: apt-get install nghttp2-client)")
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
-    report = init_data_dir(work / "data")
-    lift_client_limits(report.data_dir)
-    settings = load_settings(data_dir=report.data_dir, config_file=report.config)
-    store = FeatureStore.load(settings.resolve(settings.model.features_path))
-    rng = np.random.default_rng(0)
-    items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), args.candidates, False)]
-    body = work / "body.json"
-    body.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
+    bench = Bench.make("bench-tracing-", args.candidates)
+    work, report, body = bench.work, bench.report, bench.rank_body
 
     sink_port = free_port()
     endpoint = f"http://127.0.0.1:{sink_port}/v1/traces"

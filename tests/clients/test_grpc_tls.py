@@ -9,7 +9,6 @@ and a certificate-bound token works only with its own certificate.
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,28 +22,12 @@ from security.issuer import EmbeddedIssuer
 from security.trust import open_issuer
 from tests.clients._gateway import run_client
 from tests.clients._grpc_gateway import GrpcGateway, grpc_gateway, ok, refused
-from tests.security._certs import Issued, issue, make_ca
+from tests.security._certs import Issued, mtls_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
-    directory = tmp_path_factory.mktemp("grpc-pki")
-    ca, other_ca = make_ca(directory, "client-ca"), make_ca(directory, "other-ca")
-    now = datetime.datetime.now(datetime.UTC)
-    return {
-        "ca": ca,
-        "server": issue(ca, directory, "server", server=True),
-        "a": issue(ca, directory, "client-a"),
-        "b": issue(ca, directory, "client-b"),
-        "wrong_ca": issue(other_ca, directory, "client-wrong-ca"),
-        "expired": issue(
-            ca,
-            directory,
-            "client-expired",
-            not_before=now - datetime.timedelta(days=10),
-            not_after=now - datetime.timedelta(days=1),
-        ),
-    }
+    return mtls_pki(tmp_path_factory.mktemp("grpc-pki"))
 
 
 def _token(settings: Settings, **claims: Any) -> str:

@@ -138,3 +138,26 @@ def client_context(ca: Issued, client: Issued | None = None) -> ssl.SSLContext:
     if client is not None:
         context.load_cert_chain(client.cert_path, client.key_path)
     return context
+
+
+def mtls_pki(directory: Path) -> dict[str, Issued]:
+    """The certificates the mutual TLS tests (REST and gRPC) share: a client CA, a server
+    certificate, two clients, one from another CA, an expired one, and a server-only one
+    (valid and from the right CA, but not a client credential)."""
+    ca, other_ca = make_ca(directory, "client-ca"), make_ca(directory, "other-ca")
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "ca": ca,
+        "server": issue(ca, directory, "server", server=True),
+        "a": issue(ca, directory, "client-a"),
+        "b": issue(ca, directory, "client-b"),
+        "wrong_ca": issue(other_ca, directory, "client-wrong-ca"),
+        "expired": issue(
+            ca,
+            directory,
+            "client-expired",
+            not_before=now - datetime.timedelta(days=10),
+            not_after=now - datetime.timedelta(days=1),
+        ),
+        "server_only": issue(ca, directory, "client-server-eku", server=True),
+    }

@@ -4,7 +4,6 @@ pyca/cryptography (the oracle), never by the gateway's own helper."""
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from gateway.settings import ClientConfig, Settings
 from security.issuer import EmbeddedIssuer
 from security.secrets import hash_secret
 from security.trust import open_issuer
-from tests.security._certs import Issued, client_context, issue, make_ca
+from tests.security._certs import Issued, client_context, mtls_pki
 from tests.security._servers import serve_gateway
 
 SECRET = "a-long-test-secret-for-mtls-clients-0123456789"
@@ -27,25 +26,7 @@ MODEL = "/v2/models/demo-ranker"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
-    directory = tmp_path_factory.mktemp("mtls-pki")
-    ca, other_ca = make_ca(directory, "client-ca"), make_ca(directory, "other-ca")
-    now = datetime.datetime.now(datetime.UTC)
-    return {
-        "ca": ca,
-        "server": issue(ca, directory, "server", server=True),
-        "a": issue(ca, directory, "client-a"),
-        "b": issue(ca, directory, "client-b"),
-        "wrong_ca": issue(other_ca, directory, "client-wrong-ca"),
-        "expired": issue(
-            ca,
-            directory,
-            "client-expired",
-            not_before=now - datetime.timedelta(days=10),
-            not_after=now - datetime.timedelta(days=1),
-        ),
-        # Valid and from the right CA, but for servers only: not a client credential.
-        "server_only": issue(ca, directory, "client-server-eku", server=True),
-    }
+    return mtls_pki(tmp_path_factory.mktemp("mtls-pki"))
 
 
 def _clients(base: Settings, pki: dict[str, Issued]) -> list[dict[str, Any]]:
