@@ -10,9 +10,12 @@ statuses; never a value a client sent.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from contextvars import ContextVar
+from logging.handlers import QueueHandler, QueueListener
+from queue import SimpleQueue
 from typing import Any, Literal
 
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -55,14 +58,38 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class LogOutput:
+    """The thread that writes log lines. A blocked stderr (a full pipe, a slow collector)
+    must not stall the event loop: callers only put records on a queue."""
+
+    def __init__(self, listener: QueueListener) -> None:
+        self._listener = listener
+        self._running = True
+
+    def flush(self) -> None:
+        """Write everything logged so far (the listener drains its queue, then resumes)."""
+        if self._running:
+            self._listener.stop()
+            self._listener.start()
+
+    def close(self) -> None:
+        if self._running:
+            self._running = False
+            self._listener.stop()
+
+
+_active: LogOutput | None = None
+
+
 def configure_logging(
     level: str, log_format: Literal["json", "text"], stream: Any = None
-) -> logging.Handler:
-    """Route every logger (uvicorn's too) through one handler on the root logger."""
+) -> LogOutput:
+    """Route every logger (uvicorn's too) through one queue on the root logger; one
+    thread formats and writes the lines."""
+    global _active
     handler: logging.Handler = (
         logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     )
-    handler.addFilter(RequestFields())
     if log_format == "json":
         handler.setFormatter(
             OrjsonFormatter(
@@ -72,11 +99,21 @@ def configure_logging(
         )
     else:
         handler.setFormatter(logging.Formatter(_TEXT))
+    # The request's fields are copied in the caller's context (they live in context
+    # variables); formatting and writing happen in the listener's thread.
+    front = QueueHandler(SimpleQueue())
+    front.addFilter(RequestFields())
+    listener = QueueListener(front.queue, handler)
+    if _active is not None:
+        _active.close()  # a second configuration (tests) replaces the first
+    listener.start()
+    _active = LogOutput(listener)
+    atexit.register(_active.close)  # the last lines are written before the process ends
     root = logging.getLogger()
-    root.handlers = [handler]
+    root.handlers = [front]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
-    return handler
+    return _active

@@ -304,10 +304,13 @@ class Pipeline:
         *,
         final: Sequence[FinalStage] = (),
         observe: StageObserver = _no_observer,
+        log_client: Callable[[Principal], str] | None = None,
     ) -> None:
         self.stages = tuple(stages)
         self.final = tuple(final)
         self._observe = observe
+        # How a log line names the caller (gateway.wiring); None: it does not.
+        self._log_client = log_client
         names = [s.name for s in self.stages] + [f.name for f in self.final]
         unknown = [name for name in names if name not in STAGE_ORDER]
         if unknown:
@@ -347,10 +350,10 @@ class Pipeline:
             raise error from exc
         finally:
             fields = REQUEST_FIELDS.get()
-            if fields is not None and ctx.principal is not None:
+            if fields is not None and ctx.principal is not None and self._log_client:
                 # The request's log lines from here on (and its access line) name the
                 # client and the policies that decided.
-                fields["client_id"] = ctx.principal.client_id
+                fields["client_id"] = self._log_client(ctx.principal)
                 fields["policy_ids"] = list(ctx.authorization or ())
             if self.final:
                 ctx = ctx.evolve(stage_ms=timings)

@@ -7,7 +7,7 @@ from gateway.components import Components
 from gateway.decode import InferDecodeStage, RankDecodeStage
 from gateway.derivation import Purpose
 from gateway.errors import ModelNotReady
-from gateway.pipeline import Action, Pipeline, RequestContext, Stage
+from gateway.pipeline import Action, Pipeline, Principal, RequestContext, Stage
 from gateway.respond import InferRespondStage, RankRespondStage
 from models.features import FeatureStore
 from models.stages import InferStage, RankStage
@@ -49,8 +49,21 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
     )
     final = [AuditStage(c.audit, c.clock, c.refusals)] if c.audit is not None else []
 
+    # Logs name the clients the operator configured; any other id (an external IdP's, a
+    # claim) is a value someone else chose, and may be personal: the audit record has it.
+    issuer = c.settings.issuer
+    listed = frozenset(client.client_id for client in issuer.clients) if issuer.enabled else ()
+
+    def log_client(principal: Principal) -> str:
+        return principal.client_id if principal.client_id in listed else "unlisted"
+
     def pipeline(*stages: Stage) -> Pipeline:
-        return Pipeline([authn, authz, *stages], final=final, observe=c.metrics.observe_stage)
+        return Pipeline(
+            [authn, authz, *stages],
+            final=final,
+            observe=c.metrics.observe_stage,
+            log_client=log_client,
+        )
 
     pipelines: dict[str, Pipeline] = {action: pipeline() for action in _PLAIN_ACTIONS}
     ranker, features = c.serving.ranker, c.serving.features

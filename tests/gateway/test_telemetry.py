@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from audit.record import parse
 from gateway.app import create_app
-from gateway.logs import configure_logging
+from gateway.logs import LogOutput, configure_logging
 from gateway.settings import Settings
 from models.features import FeatureStore
 
@@ -100,14 +100,25 @@ def receiver() -> Iterator[Receiver]:
     running.close()
 
 
+@dataclass
+class Captured:
+    stream: io.StringIO
+    output: LogOutput
+
+    def text(self) -> str:
+        self.output.flush()  # the writer thread has written every line logged so far
+        return self.stream.getvalue()
+
+
 @pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
+def captured_logs() -> Iterator[Captured]:
     """The gateway's own logging set-up (gateway.logs), writing to a buffer."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     stream = io.StringIO()
-    configure_logging("info", "json", stream)
-    yield stream
+    output = configure_logging("info", "json", stream)
+    yield Captured(stream, output)
+    output.close()
     root.handlers[:], _ = saved
     root.setLevel(saved[1])
 
@@ -196,13 +207,13 @@ def test_a_callers_traceparent_is_continued(
 
 def test_log_lines_are_json_and_name_the_request_without_personal_data(
     client: TestClient,
-    captured_logs: io.StringIO,
+    captured_logs: Captured,
     auth: Callable[..., dict[str, str]],
 ) -> None:
     allowed = rank(client, auth)
     refused = client.post("/v1/rank", json={"user_id": USER}, headers=JSON)  # no token
     assert (allowed.status_code, refused.status_code) == (200, 401)
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = [json.loads(line) for line in captured_logs.text().splitlines()]
     access = {line["request_id"]: line for line in lines if line["logger"] == "gateway.access"}
     ok = access[allowed.headers["x-request-id"]]
     assert ok["route"] == "/v1/rank"
@@ -217,7 +228,7 @@ def test_log_lines_are_json_and_name_the_request_without_personal_data(
     assert denied["status"] == 401
     assert "client_id" not in denied
     # Every line the request caused is JSON and none holds what the client sent.
-    text = captured_logs.getvalue()
+    text = captured_logs.text()
     assert not [v for v in (USER, "zelda", "Marguerite", "7946 0958", "GB82WEST") if v in text]
 
 

@@ -91,6 +91,11 @@ def captured() -> Iterator[Capture]:
         lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     saved = [(lg, lg.level) for lg in loggers]
+    # Handlers an earlier test installed (gateway.logs via an in-process `serve`) would
+    # write this process's own client libraries' DEBUG lines (httpcore quoting the
+    # headers it sent) to stderr: the scan is of what the gateway logs.
+    root_handlers = loggers[0].handlers[:]
+    loggers[0].handlers.clear()
     for lg in loggers:
         lg.setLevel(logging.DEBUG)
         if lg is loggers[0] or not lg.propagate:
@@ -101,6 +106,7 @@ def captured() -> Iterator[Capture]:
         for lg, level in saved:
             lg.setLevel(level)
             lg.removeHandler(handler)
+        loggers[0].handlers[:] = root_handlers
 
 
 def _wrong_key_pem() -> bytes:
