@@ -1,24 +1,27 @@
-"""bench/serve: the gateway's REST and gRPC surfaces against a bare FastAPI endpoint.
+"""bench/serve: the gateway against a bare endpoint and PyTriton, with a compiled client.
 
-    python -m bench.serve [--duration 15] [--concurrency 1,8,64] [--candidates 100]
+    python -m bench.serve [--duration 15] [--rounds 3] [--concurrency 1,8,64]
+                          [--workers N] [--servers bare,bare-N,pytriton,gw,gw-N,gw-q,gw-N-q]
 
-Starts the gateway (REST and, with `--grpc-port`, OIP gRPC, one process) and the bare
-endpoint (bench/bare_app.py, one uvicorn process) on 127.0.0.1, and drives, at each
-concurrency, alternately in short rounds (medians; read the ratios on a noisy machine):
+Servers, each started once on 127.0.0.1 in its own process group:
 
-- bare     POST /rank, the floor: no auth, no pipeline
-- rank     POST /v1/rank on the gateway, `--candidates` candidates
-- oip-json POST /v2/models/demo-ranker/infer, JSON tensors, `--candidates` rows
-- oip-bin  the same infer with the binary tensor extension (raw inputs and outputs)
-- grpc     ModelInfer of the same rows, raw_input_contents (inference.GRPCInferenceService)
+- `bare`, `bare-N`: FastAPI + orjson + onnxruntime over the same model and feature
+  store (bench/bare_app.py), 1 and N uvicorn worker processes: the floor;
+- `pytriton`: PyTriton (Triton's server binary, a Python model callable running the same
+  ONNX model, dynamic batching), scoring the same 100 rows through OIP v2 REST infer;
+- `gw`, `gw-N`: the gateway with every stage as shipped (Cedar, consent, redaction,
+  inspection, SQLite audit), `gateway serve --workers 1` and `--workers N`, `/v1/rank`
+  with 100 candidates; only the per-client rate limit and query budget are lifted
+  (bench.servers.lift_client_limits);
+- `gw-q`, `gw-N-q`: the same servers, the request carrying a 200-character free-text
+  query (`context.query`, redacted by Presidio on every request).
 
-The client is h2load (nghttp2-client: `apt-get install nghttp2-client`) for every row,
-HTTP/1.1 keep-alive or HTTP/2 for gRPC, one request in flight per connection: one C
-client, so its share of the cores is small and alike. Without it, HTTP rows use
-bench/loadgen.py and gRPC rows `bench.loadgen --grpc` (Python), which the header says.
-Server CPU per request is the server process's user+system time (/proc, all threads)
-over the requests of the measured window. gRPC errors arrive as HTTP 200 with a
-grpc-status trailer, so they are counted from the gateway's own request metrics.
+The client is wrk (Debian `wrk`, compiled, 1 thread, keep-alive), one run per
+(server, concurrency) per round, servers alternating within each round; medians over
+rounds. Server CPU per request is the user+system time of every process in the
+server's process group (workers, PyTriton's Triton binary, the audit writer) over the
+requests wrk completed. Ratios are against the bare endpoint with the same number of
+worker processes, measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,341 +29,321 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
 import statistics
-import struct
+import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-import numpy as np
+from bench.servers import fetch_token, free_port, gateway_command, gateway_env, wait_ready
+from bench.surfaces import Bench
 
-from bench.servers import (
-    H2LOAD,
-    cpu_seconds,
-    fetch_token,
-    free_port,
-    gateway_command,
-    gateway_env,
-    h2load,
-    lift_client_limits,
-    load,
-    metric_total,
-    metrics_text,
-    running,
+WRK = shutil.which("wrk")
+
+# A realistic free-text query of 200 characters, the same on every request.
+QUERY = (
+    "cosy space adventure with a clever heroine, a bit of humour and no gore, something "
+    "like the film we watched last weekend at my sister's place, ideally under two hours "
+    "and available in English with subtitles"
+)[:200]
+
+GOALS = (
+    "goals (issue 18): gateway CPU/request <= 2x bare with the same workers; gw-N c64 rps "
+    ">= pytriton c64 rps; gw-N c64 p99 <= 60 ms; repeated query costs <= 10 % rps"
 )
-from gateway.datadir import InitReport, init_data_dir
-from gateway.grpc import grpc_predict_v2_pb2 as pb
-from gateway.settings import load_settings
-from models.demo import model_bytes
-from models.features import FeatureStore
-from models.ranker import Ranker
-
-MODEL = "demo-ranker"
-INFER_PATH = f"/v2/models/{MODEL}/infer"
-GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-
-
-def in_process_p50_ms(ranker: Ranker, feeds: dict[str, np.ndarray], n: int = 3000) -> float:
-    for _ in range(200):
-        ranker.run_sync(feeds)
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        ranker.run_sync(feeds)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
 
 
 @dataclass
-class Target:
+class Server:
     label: str
-    port: int
-    path: str
-    body: Path  # what h2load sends (a gRPC message framed, as on the wire)
-    pid: int
-    headers: list[str] = field(default_factory=list)
-    grpc: bool = False
-    # The unframed message, for the Python gRPC fallback.
-    message: Path | None = None
+    command: list[str]
+    env: dict[str, str]
+    ready_url: str
+    url: str  # what wrk drives
+    lua: Path  # method, body and headers for wrk
+    workers: int
+    baseline: str | None = None  # the label its CPU ratio is against
+    pid: int = 0
 
 
-def _tensors(feeds: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, str]]:
-    return [(name, np.ascontiguousarray(a), DATATYPES[a.dtype]) for name, a in feeds.items()]
+def process_group_cpu(pgid: int) -> float:
+    """User + system CPU seconds of every live process in the process group, and the
+    time its reaped children used (cutime/cstime)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        fields = raw.rsplit(")", 1)[1].split()
+        # stat(5): field 5 is pgrp, 14-17 utime, stime, cutime, cstime (fields[0] = field 3)
+        if int(fields[2]) != pgid:
+            continue
+        total += sum(int(f) for f in fields[11:15])
+    return total / ticks
 
 
-def write_bodies(work: Path, feeds: dict[str, np.ndarray]) -> dict[str, tuple[Path, list[str]]]:
-    """The same rows as an OIP JSON body, a binary-extension body and a gRPC message."""
-    tensors = _tensors(feeds)
-    plain = {
-        "inputs": [
-            {"name": n, "shape": list(a.shape), "datatype": d, "data": a.reshape(-1).tolist()}
-            for n, a, d in tensors
-        ]
-    }
-    json_file = work / "oip.json"
-    json_file.write_text(json.dumps(plain))
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": n,
-                    "shape": list(a.shape),
-                    "datatype": d,
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-                for n, a, d in tensors
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    binary_file = work / "oip.bin"
-    binary_file.write_bytes(header + b"".join(a.tobytes() for _, a, _ in tensors))
-    request = pb.ModelInferRequest(model_name=MODEL)
-    for n, a, d in tensors:
-        request.inputs.add(name=n, datatype=d, shape=a.shape)
-        request.raw_input_contents.append(a.tobytes())
-    message = request.SerializeToString()
-    message_file = work / "grpc.msg"
-    message_file.write_bytes(message)
-    framed_file = work / "grpc.framed"
-    # gRPC's length-prefixed message: no compression flag, 4-byte big-endian length.
-    framed_file.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if found is None:
+        raise SystemExit(f"wrk printed a latency it cannot read: {text}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def wrk(url: str, lua: Path, conc: int, seconds: float) -> dict[str, float]:
+    assert WRK is not None
+    out = subprocess.run(
+        [WRK, "-t1", f"-c{conc}", f"-d{seconds:g}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"\s50%\s+(\S+)", out)
+    p99 = re.search(r"\s99%\s+(\S+)", out)
+    if not (rps and done and p50 and p99):
+        raise SystemExit(f"wrk gave no summary:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
     return {
-        "json": (json_file, ["content-type: application/json"]),
-        "binary": (
-            binary_file,
-            [
-                "content-type: application/octet-stream",
-                f"inference-header-content-length: {len(header)}",
-            ],
-        ),
-        "grpc": (framed_file, ["content-type: application/grpc", "te: trailers"]),
-        "message": (message_file, []),
+        "requests": float(done.group(1)),
+        "rps": float(rps.group(1)),
+        "p50_ms": _ms(p50.group(1)),
+        "p99_ms": _ms(p99.group(1)),
+        "errors": float(errors),
     }
 
 
-@dataclass
-class Bench:
-    """A fresh data directory for load tests, and one `/v1/rank` body of u7's candidates."""
-
-    work: Path
-    report: InitReport
-    store: FeatureStore
-    items: list[str]
-    rank_body: Path
-
-    @classmethod
-    def make(cls, prefix: str, candidates: int) -> Bench:
-        work = Path(tempfile.mkdtemp(prefix=prefix))
-        report = init_data_dir(work / "data")
-        lift_client_limits(report.data_dir)
-        settings = load_settings(data_dir=report.data_dir, config_file=report.config)
-        store = FeatureStore.load(settings.resolve(settings.model.features_path))
-        rng = np.random.default_rng(0)
-        items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), candidates, False)]
-        rank_body = work / "body.json"
-        rank_body.write_text(json.dumps({"user_id": "u7", "item_ids": items}))
-        return cls(work, report, store, items, rank_body)
+def lua_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body.decode())}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-def check_once(target: Target, token: str) -> None:
-    """One request before the load: a surface that refuses would only measure errors."""
-    if target.grpc:
-        assert target.message is not None
-        with grpc.insecure_channel(f"127.0.0.1:{target.port}") as channel:
-            reply = channel.unary_unary(target.path)(
-                target.message.read_bytes(),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=30,
-            )
-        assert pb.ModelInferResponse.FromString(reply).raw_output_contents
-        return
-    headers = dict(h.split(": ", 1) for h in target.headers)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{target.port}{target.path}",
-        data=target.body.read_bytes(),
-        headers=headers,
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-        assert response.status == 200, target.label
+@contextmanager
+def started(server: Server) -> Iterator[Server]:
+    proc = subprocess.Popen(server.command, env=server.env, start_new_session=True)
+    server.pid = proc.pid
+    try:
+        wait_ready(server.ready_url, timeout=120)
+        yield server
+    finally:
+        # The whole group: uvicorn's workers, Triton's server binary.
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def grpc_errors(port: int) -> float:
-    """gRPC calls that did not succeed, less those the client cancelled (499): h2load
-    closes its connections with a call in flight at the end of every run."""
-    text, route = metrics_text(port), "grpc:ModelInfer"
-    total = metric_total(text, "gateway_requests_total", route=route)
-    fine = sum(
-        metric_total(text, "gateway_requests_total", route=route, status=status)
-        for status in ("200", "499")
-    )
-    return total - fine
-
-
-def measure(target: Target, token: str, conc: int, seconds: float, gw_port: int) -> dict:
-    """One closed-loop window on `target`, with the server's CPU per request."""
-    errors_before = grpc_errors(gw_port) if target.grpc else 0.0
-    url = f"http://127.0.0.1:{target.port}{target.path}"
-    if H2LOAD is not None:
-        run: Callable[[float], dict] = lambda duration: h2load(  # noqa: E731
-            url, target.body, target.headers, conc, duration, h1=not target.grpc
-        )
-    else:
-        body = target.message if target.grpc else target.body
-        assert body is not None
-        extra = ["--warmup", "0"]
-        if target.grpc:
-            extra.append("--grpc")
-        else:
-            for header in target.headers:
-                extra += ["--header", header]
-        raw_token = token if target.label != "bare" else ""
-        run = lambda duration: load(  # noqa: E731
-            target.port, target.path, body, raw_token, conc, duration, *extra
-        )
-    run(1.0)  # warm-up: connections, caches, the token cache
-    cpu_before = cpu_seconds(target.pid)
-    result = run(seconds)
-    cpu = cpu_seconds(target.pid) - cpu_before
-    result["cpu_ms"] = cpu * 1000 / max(1, result["requests"])
-    if target.grpc:
-        result["errors"] += int(grpc_errors(gw_port) - errors_before)
+def measure(server: Server, conc: int, seconds: float) -> dict[str, float]:
+    wrk(server.url, server.lua, conc, 1.0)  # warm-up: connections, caches, batchers
+    before = process_group_cpu(server.pid)
+    result = wrk(server.url, server.lua, conc, seconds)
+    cpu = process_group_cpu(server.pid) - before
+    result["cpu_ms"] = cpu * 1000 / max(1.0, result["requests"])
     return result
 
 
-def _median(results: list[dict]) -> dict:
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
     keys = ("rps", "p50_ms", "p99_ms", "cpu_ms")
     merged = {k: statistics.median(r[k] for r in results) for k in keys}
     merged["errors"] = sum(r["errors"] for r in results)
     return merged
 
 
+def bare_server(bench: Bench, work: Path, workers: int) -> Server:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        "--log-level", "warning", "--workers", str(workers),
+    ]  # fmt: skip
+    body = bench.rank_body.read_bytes()
+    label = "bare" if workers == 1 else f"bare-{workers}"
+    return Server(
+        label,
+        command,
+        {**os.environ, "BENCH_DATA_DIR": str(bench.report.data_dir)},
+        f"http://127.0.0.1:{port}/healthz",
+        f"http://127.0.0.1:{port}/rank",
+        lua_script(work / f"{label}.lua", body, {"Content-Type": "application/json"}),
+        workers,
+    )
+
+
+def gateway_server(bench: Bench, work: Path, workers: int, *, query: bool) -> Server:
+    port = free_port()
+    label = ("gw" if workers == 1 else f"gw-{workers}") + ("-q" if query else "")
+    command = [*gateway_command(bench.report.data_dir, port), "--workers", str(workers)]
+    server = Server(
+        label,
+        command,
+        gateway_env(),
+        f"http://127.0.0.1:{port}/readyz",
+        f"http://127.0.0.1:{port}/v1/rank",
+        work / f"{label}.lua",
+        workers,
+        baseline="bare" if workers == 1 else f"bare-{workers}",
+    )
+    body: dict[str, object] = {"user_id": "u7", "item_ids": bench.items}
+    if query:
+        body["context"] = {"query": QUERY, "locale": "en-GB"}
+    server.env["BENCH_BODY"] = json.dumps(body)  # written once the token is known
+    return server
+
+
+def pytriton_server(bench: Bench, work: Path) -> Server | None:
+    """PyTriton over the same model (bench.servers.pytriton_command), if installed."""
+    try:
+        from bench.servers import pytriton_command  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    found = pytriton_command(bench.report.data_dir)
+    if found is None:
+        return None
+    command, env, http_port, body, headers = found
+    return Server(
+        "pytriton",
+        command,
+        env,
+        f"http://127.0.0.1:{http_port}/v2/health/ready",
+        f"http://127.0.0.1:{http_port}/v2/models/demo-ranker/infer",
+        lua_script(work / "pytriton.lua", body, headers),
+        1,
+        baseline="bare",
+    )
+
+
+def goal_lines(
+    found: dict[tuple[str, int], dict[str, float]], workers: int, levels: list[int]
+) -> list[str]:
+    lines = []
+    n = f"-{workers}" if workers > 1 else ""
+    for gw, bare in (("gw", "bare"), (f"gw{n}", f"bare{n}")):
+        ratios = [
+            found[(gw, c)]["cpu_ms"] / found[(bare, c)]["cpu_ms"]
+            for c in levels
+            if (gw, c) in found and (bare, c) in found
+        ]
+        if ratios:
+            lines.append(f"- {gw} CPU/request vs {bare}: worst {max(ratios):.2f}x (goal <= 2x)")
+    top = max(levels)
+    if (f"gw{n}", top) in found and ("pytriton", top) in found:
+        mine, peer = found[(f"gw{n}", top)], found[("pytriton", top)]
+        lines.append(
+            f"- gw{n} c{top}: {mine['rps'] / peer['rps']:.2f}x pytriton rps (goal >= 1), "
+            f"p99 {mine['p99_ms']:.1f} ms (goal <= 60 ms)"
+        )
+    for gw in ("gw", f"gw{n}"):
+        costs = [
+            1 - found[(gw + "-q", c)]["rps"] / found[(gw, c)]["rps"]
+            for c in levels
+            if (gw, c) in found and (gw + "-q", c) in found
+        ]
+        if costs:
+            worst = max(costs)
+            lines.append(f"- {gw} 200-char query: worst rps cost {worst:.0%} (goal <= 10 %)")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
     parser.add_argument("--concurrency", default="1,8,64")
-    parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per point")
-    parser.add_argument(
-        "--audit",
-        choices=("on", "off"),
-        default="on",
-        help="audit stage as shipped (on), or off to measure the spine alone (dev mode)",
-    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--servers", default="bare,bare-N,pytriton,gw,gw-N,gw-q,gw-N-q")
     args = parser.parse_args()
+    if WRK is None:
+        raise SystemExit("bench/serve needs wrk (Debian: apt-get install wrk)")
     levels = [int(c) for c in args.concurrency.split(",")]
+    wanted = [s.replace("-N", f"-{args.workers}") for s in args.servers.split(",")]
+    bench = Bench.make("bench-serve-", 100)
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-lua-"))
+    secret = bench.report.client_secrets["demo"].read_text().strip()
 
-    bench = Bench.make("bench-serve-", args.candidates)
-    work, report, rank_file = bench.work, bench.report, bench.rank_body
-    feeds = bench.store.inputs_for("u7", bench.items)
-    bodies = write_bodies(work, feeds)
+    candidates: list[Server] = [bare_server(bench, work, 1)]
+    if args.workers > 1:
+        candidates.append(bare_server(bench, work, args.workers))
+    pytriton = pytriton_server(bench, work) if "pytriton" in wanted else None
+    if pytriton is not None:
+        candidates.append(pytriton)
+    for workers in sorted({1, args.workers}):
+        for query in (False, True):
+            candidates.append(gateway_server(bench, work, workers, query=query))
+    servers = [s for s in candidates if s.label in wanted]
+    missing = sorted(set(wanted) - {s.label for s in servers})
 
-    # The committed model: the data directory holds only its encrypted package.
-    ranker = Ranker(name=MODEL, version="1", model_bytes=model_bytes())
-    inproc = in_process_p50_ms(ranker, feeds)
-    ranker.close()
-
-    gw_port, grpc_port, bare_port = free_port(), free_port(), free_port()
-    gateway_overrides = (
-        {"GATEWAY_DEV_MODE": "true", "GATEWAY_AUDIT__ENABLED": "false"}
-        if args.audit == "off"
-        else {}
-    )
-    bare_command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.bare_app:app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(bare_port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    with running(
-        [
-            (
-                gateway_command(report.data_dir, gw_port, grpc_port),
-                gateway_env(**gateway_overrides),
-                f"http://127.0.0.1:{gw_port}/readyz",
-            ),
-            (
-                bare_command,
-                {**os.environ, "BENCH_DATA_DIR": str(report.data_dir)},
-                f"http://127.0.0.1:{bare_port}/healthz",
-            ),
-        ]
-    ) as (gateway, bare):
-        token = fetch_token(gw_port, report.client_secrets["demo"].read_text().strip())
-        auth = f"authorization: Bearer {token}"
-        json_file, json_headers = bodies["json"]
-        binary_file, binary_headers = bodies["binary"]
-        framed_file, grpc_headers = bodies["grpc"]
-        targets = [
-            Target("bare", bare_port, "/rank", rank_file, bare.pid, list(json_headers)),
-            Target("rank", gw_port, "/v1/rank", rank_file, gateway.pid, [*json_headers, auth]),
-            Target("oip-json", gw_port, INFER_PATH, json_file, gateway.pid, [*json_headers, auth]),
-            Target(
-                "oip-bin", gw_port, INFER_PATH, binary_file, gateway.pid, [*binary_headers, auth]
-            ),
-            Target(
-                "grpc",
-                grpc_port,
-                GRPC_METHOD,
-                framed_file,
-                gateway.pid,
-                [*grpc_headers, auth],
-                grpc=True,
-                message=bodies["message"][0],
-            ),
-        ]
-        for target in targets:
-            check_once(target, token)
-        rows: list[tuple[int, dict[str, dict]]] = []
-        for conc in levels:
-            # Alternating short rounds, medians: the noise here is larger than the effect.
-            runs: dict[str, list[dict]] = {t.label: [] for t in targets}
-            for _ in range(args.rounds):
-                for target in targets:
-                    runs[target.label].append(
-                        measure(target, token, conc, args.duration / args.rounds, gw_port)
+    with ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(started(server))
+            if "BENCH_BODY" in server.env:
+                port = int(server.url.split(":")[2].split("/")[0])
+                token = fetch_token(port, secret)
+                lua_script(
+                    server.lua,
+                    server.env["BENCH_BODY"].encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                )
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for conc in levels:
+                for server in servers:
+                    runs.setdefault((server.label, conc), []).append(
+                        measure(server, conc, args.duration)
                     )
-            rows.append((conc, {label: _median(found) for label, found in runs.items()}))
+            time.sleep(0.5)
+    found = {key: _median(results) for key, results in runs.items()}
 
-    client = (
-        "h2load (HTTP/1.1 keep-alive; gRPC over h2c)"
-        if H2LOAD
-        else "Python: bench/loadgen.py (HTTP), bench.loadgen --grpc (gRPC)"
-    )
     print(
-        f"bench/serve: {args.candidates} candidates / rows per request, "
-        f"{args.duration:g} s per point in {args.rounds} alternating rounds (medians), "
-        f"cores={os.cpu_count()}, audit stage {args.audit}, 1 process per server, "
-        f"client {client}"
+        f"bench/serve: wrk -t1, keep-alive, {args.duration:g} s per point, {args.rounds} "
+        f"alternating rounds (medians), cores={os.cpu_count()}, N={args.workers} workers; "
+        f"/v1/rank with 100 candidates, every stage on, client limits lifted"
+        + (f"; not run: {', '.join(missing)}" if missing else "")
     )
-    print(f"in-process onnxruntime session.run p50: {inproc:.3f} ms")
-    header = ("conc", "endpoint", "rps", "p50", "p99", "server CPU/req", "ratio", "errors")
+    header = (
+        "server", "conc", "rps", "p50", "p99", "CPU ms/req", "CPU vs bare", "rps vs bare", "errors"
+    )  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    references = {"rank": "bare", "oip-bin": "oip-json", "grpc": "oip-json"}
-    for conc, found in rows:
-        for label, r in found.items():
-            reference = references.get(label)
-            ratio = f"{r['rps'] / found[reference]['rps']:.2f}x {reference}" if reference else ""
+    for server in servers:
+        for conc in levels:
+            r = found[(server.label, conc)]
+            base = found.get((server.baseline, conc)) if server.baseline else None
+            cpu_ratio = f"{r['cpu_ms'] / base['cpu_ms']:.2f}x" if base else ""
+            rps_ratio = f"{r['rps'] / base['rps']:.2f}x" if base else ""
             print(
-                f"| {conc} | {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} ms "
-                f"| {r['p99_ms']:.2f} ms | {r['cpu_ms']:.2f} ms | {ratio} | {r['errors']} |"
+                f"| {server.label} | {conc} | {r['rps']:.0f} | {r['p50_ms']:.1f} ms "
+                f"| {r['p99_ms']:.1f} ms | {r['cpu_ms']:.2f} | {cpu_ratio} | {rps_ratio} "
+                f"| {r['errors']:.0f} |"
             )
-    failed = [(conc, label) for conc, found in rows for label, r in found.items() if r["errors"]]
+    print(GOALS)
+    for line in goal_lines(found, args.workers, levels):
+        print(line)
+    failed = [key for key, r in found.items() if r["errors"]]
     if failed:
         raise SystemExit(f"errors at {failed}")
 

@@ -17,7 +17,6 @@ import os
 import sys
 import urllib.request
 
-from bench.serve import Bench, Target, _median, check_once, measure
 from bench.servers import (
     H2LOAD,
     fetch_token,
@@ -26,6 +25,7 @@ from bench.servers import (
     gateway_env,
     running,
 )
+from bench.surfaces import Bench, Target, _median, check_once, measure
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from audit.stage import transport_refusal_recorder
 from gateway.components import open_components
 from gateway.control import ControlPlane
+from gateway.fast_routes import FastRoutes
 from gateway.grpc.server import start_grpc
 from gateway.methods import MethodsMiddleware
 from gateway.openapi import install_openapi
@@ -83,6 +84,13 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
     install_openapi(app, components)
     # Inside stage 0: method refusals and HEAD get a request id, limits and metrics too.
     app.add_middleware(MethodsMiddleware, routes=app.routes)
+    # Right inside stage 0: the hot routes skip the router's layers (gateway.fast_routes).
+    app.add_middleware(
+        FastRoutes,
+        routes=app.routes,
+        endpoints=(rank.rank, oip.infer, oip.infer_version),
+        handlers=app.exception_handlers,
+    )
     app.add_middleware(
         TransportMiddleware,
         metrics=components.metrics,
