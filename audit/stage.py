@@ -19,7 +19,7 @@ from audit.refusals import RefusalBudget
 from audit.store import StoreError
 from audit.subjects import SubjectKeyError, SubjectKeys
 from gateway.errors import AuditUnavailable, GatewayError
-from gateway.pipeline import RankQuery, RequestContext, SubjectQuery
+from gateway.pipeline import InferQuery, RankQuery, RequestContext, SubjectQuery
 from gateway.telemetry import current_trace_id, span
 
 log = logging.getLogger("gateway.audit")
@@ -128,8 +128,9 @@ def _being_cancelled() -> bool:
 
 
 def _data_subject(payload: Any) -> str | None:
-    """The request's data subject: a rank query's user, or a subject route's `data_subject`."""
-    if isinstance(payload, RankQuery):
+    """The request's data subject: a rank query's user (or an OIP id-path query's), or a
+    subject route's `data_subject`."""
+    if isinstance(payload, RankQuery | InferQuery):
         return payload.user_id
     if isinstance(payload, SubjectQuery):
         return payload.data_subject

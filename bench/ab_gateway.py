@@ -40,8 +40,14 @@ RATE = (
     "rate_limits: {per_client_rps: 10000, burst: 10000}",
 )
 BUDGET = (
-    "default: {window_seconds: 3600, max_queries: 10000}",
-    "default: {window_seconds: 3600, max_queries: 10000000}",
+    # The shipped budgets (per client, per subject, per tenant), all lifted.
+    "  default: [{window_seconds: 3600, max_queries: 400000}, "
+    "{window_seconds: 86400, max_queries: 2000000}]\n"
+    "  per_subject: [{window_seconds: 3600, max_queries: 10000}, "
+    "{window_seconds: 86400, max_queries: 100000}]\n"
+    "  per_tenant: [{window_seconds: 3600, max_queries: 1000000}, "
+    "{window_seconds: 86400, max_queries: 4000000}]\n",
+    "  default: {window_seconds: 3600, max_queries: 10000000}\n",
 )
 
 

@@ -229,7 +229,8 @@ def pytriton_server(bench: Bench, work: Path) -> Server | None:
         "pytriton",
         command,
         env,
-        f"http://127.0.0.1:{http_port}/v2/health/ready",
+        # The model's readiness: Triton's own is 200 before PyTriton has bound the model.
+        f"http://127.0.0.1:{http_port}/v2/models/demo-ranker/ready",
         f"http://127.0.0.1:{http_port}/v2/models/demo-ranker/infer",
         lua_script(work / "pytriton.lua", body, headers),
         1,

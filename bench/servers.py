@@ -95,8 +95,14 @@ RATE_LIMIT_EDIT = (
     "rate_limits: {per_client_rps: 100000, burst: 1000000}",
 )
 BUDGET_EDIT = (
-    "default: {window_seconds: 3600, max_queries: 10000}",
-    "default: {window_seconds: 3600, max_queries: 1000000000}",
+    # The shipped budgets (per client, per subject, per tenant), all lifted.
+    "  default: [{window_seconds: 3600, max_queries: 400000}, "
+    "{window_seconds: 86400, max_queries: 2000000}]\n"
+    "  per_subject: [{window_seconds: 3600, max_queries: 10000}, "
+    "{window_seconds: 86400, max_queries: 100000}]\n"
+    "  per_tenant: [{window_seconds: 3600, max_queries: 1000000}, "
+    "{window_seconds: 86400, max_queries: 4000000}]\n",
+    "  default: {window_seconds: 3600, max_queries: 1000000000}\n",
 )
 
 
@@ -131,7 +137,10 @@ def gateway_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def gateway_command(data_dir: Path, port: int, grpc_port: int | None = None) -> list[str]:
+def gateway_command(
+    data_dir: Path, port: int, grpc_port: int | None = None, workers: int = 1
+) -> list[str]:
+    """One worker unless asked: `serve` now defaults to one per core (gateway.workers)."""
     command = [
         sys.executable,
         "-m",
@@ -141,6 +150,8 @@ def gateway_command(data_dir: Path, port: int, grpc_port: int | None = None) -> 
         str(data_dir),
         "--port",
         str(port),
+        "--workers",
+        str(workers),
     ]
     if grpc_port is not None:
         command += ["--grpc-port", str(grpc_port)]
@@ -249,3 +260,95 @@ def metric_total(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(value)
     return total
+
+
+# -- PyTriton: the same model inside Triton, as a peer and as a remote ranker ----------
+#
+# nvidia-pytriton 0.7 needs numpy < 2 (the gateway pins numpy 2), so it lives in its own
+# virtual environment: PYTRITON_PYTHON names its interpreter, else
+# .venv-pytriton/bin/python at the repository root. Install it with
+#   python3.11 -m venv .venv-pytriton
+#   .venv-pytriton/bin/pip install nvidia-pytriton==0.7.0 onnxruntime==1.32.0
+
+REPO = Path(__file__).resolve().parent.parent
+PYTRITON_SERVER = REPO / "bench" / "pytriton_server.py"
+DEMO_ONNX = REPO / "models" / "demo" / "assets" / "demo-ranker.onnx"
+
+
+def pytriton_python() -> Path | None:
+    """PyTriton's interpreter, or None when it is not installed."""
+    named = os.environ.get("PYTRITON_PYTHON")
+    found = Path(named) if named else REPO / ".venv-pytriton" / "bin" / "python"
+    return found if found.is_file() else None
+
+
+def pytriton_server_command(
+    http_port: int,
+    *,
+    model: Path = DEMO_ONNX,
+    max_queue_delay_us: int = 1000,
+    extra: Sequence[str] = (),
+) -> tuple[list[str], dict[str, str], str]:
+    """(command, env, readiness URL) of a PyTriton server of the demo model with dynamic
+    batching; its gRPC and metrics ports are http_port + 1 and + 2 unless `extra` names
+    them (--grpc-port, --metrics-port)."""
+    python = pytriton_python()
+    if python is None:
+        raise SystemExit("PyTriton is not installed: see bench/servers.py (pytriton_python)")
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    # Its bundled tritonserver links against libpython: point the loader at it.
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    command = [
+        str(python),
+        str(PYTRITON_SERVER),
+        "--model",
+        str(model),
+        "--http-port",
+        str(http_port),
+        "--max-queue-delay-us",
+        str(max_queue_delay_us),
+        *extra,
+    ]
+    return command, env, f"http://127.0.0.1:{http_port}/v2/models/demo-ranker/ready"
+
+
+def pytriton_command(
+    data_dir: Path, candidates: int = 100
+) -> tuple[list[str], dict[str, str], int, bytes, dict[str, str]] | None:
+    """PyTriton as a bench/serve peer: (command, env, HTTP port, an OIP JSON infer body,
+    its headers), or None when PyTriton is not installed. The body holds the rows the
+    gateway's `/v1/rank` body of bench.surfaces.Bench scores (user u7, the same
+    candidates), ids as [N, 1] as a batching Triton model takes them."""
+    if pytriton_python() is None:
+        return None
+    import numpy as np
+
+    from models.features import FeatureStore
+
+    store = FeatureStore.load(data_dir / "demo" / "features.npz")
+    rng = np.random.default_rng(0)  # Bench.make's choice of candidates
+    items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), candidates, False)]
+    feeds = store.inputs_for("u7", items)
+    inputs = []
+    for name, array in feeds.items():
+        shaped = array.reshape(-1, 1) if array.ndim == 1 else array
+        datatype = "INT64" if shaped.dtype == np.int64 else "FP32"
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(shaped.shape),
+                "datatype": datatype,
+                "data": shaped.reshape(-1).tolist(),
+            }
+        )
+    body = json.dumps({"inputs": inputs, "outputs": [{"name": "score"}]}).encode()
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    extra = ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+    command, env, _ready = pytriton_server_command(port, extra=extra)
+    return command, env, port, body, {"Content-Type": "application/json"}

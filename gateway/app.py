@@ -32,14 +32,18 @@ from gateway.routes import (
 from gateway.settings import Settings
 from gateway.telemetry import NO_TRACER
 from gateway.transport import TransportMiddleware
+from gateway.workers.channel import WorkerLink
 
 Clock = Callable[[], float]
 ROUTERS = (rank, oip, audit, admin, models_admin, oauth, health, subjects, events, experiments)
 
 
-def create_app(settings: Settings, *, clock: Clock = time.time) -> FastAPI:
-    """Build the gateway. Raises `ConfigurationError` for settings it refuses to run with."""
-    components = open_components(settings, clock)
+def create_app(
+    settings: Settings, *, clock: Clock = time.time, workers: WorkerLink | None = None
+) -> FastAPI:
+    """Build the gateway. Raises `ConfigurationError` for settings it refuses to run with.
+    `workers`: this app is one worker of `serve --workers N` (gateway.workers)."""
+    components = open_components(settings, clock, workers=workers)
     control = ControlPlane(components)
 
     @asynccontextmanager

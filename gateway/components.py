@@ -30,6 +30,7 @@ from gateway.pipeline import Pipeline, RequestContext
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
 from gateway.tls_scope import client_cert_thumbprint
+from gateway.workers.channel import WorkerLink
 from models.experiments import EventMetrics, Experiments
 from models.serving import Serving, open_serving
 from models.variants import VariantMetrics
@@ -37,6 +38,7 @@ from policies.factory import open_policy
 from policies.in_force import PolicyInForce
 from privacy.components import Privacy, open_privacy
 from security.authn import TokenValidator
+from security.inspection.shared_state import share
 from security.inspection.wiring import Inspection, build_inspection
 from security.trust import TokenIssuer, open_issuer, open_validator
 
@@ -78,6 +80,8 @@ class Components:
     # (audit.refusals); None with the audit log.
     refusals: RefusalBudget | None = None
     telemetry: Telemetry | None = None  # None: no spans at all (tests that build by hand)
+    # `serve --workers N` without Redis: the supervisor's state server (gateway.workers).
+    workers: WorkerLink | None = None
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -130,8 +134,10 @@ class Components:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.workers is not None:
+            await self.workers.aclose()
         await self.inspection.aclose()
-        self.serving.close()
+        await self.serving.aclose()  # the remote ranker's connections, then sessions
         if self.refusals is not None:
             await self.refusals.close()  # its aggregates go through the audit log: first
         if self.audit is not None:
@@ -164,8 +170,12 @@ def audit_counters(audit: AuditLog) -> CountersOf:
     )
 
 
-def open_components(settings: Settings, clock: Clock = time.time) -> Components:
-    """Build every component. Raises `ConfigurationError` for settings it refuses."""
+def open_components(
+    settings: Settings, clock: Clock = time.time, *, workers: WorkerLink | None = None
+) -> Components:
+    """Build every component. Raises `ConfigurationError` for settings it refuses.
+    `workers`: this process is one of several; without Redis they share inspection state
+    through the supervisor (security.inspection.shared_state)."""
     settings.check_secrets()
     metrics = Metrics()
     http = httpx.AsyncClient(timeout=settings.auth.jwks_fetch_timeout_s, follow_redirects=False)
@@ -201,6 +211,8 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
         feature_stats=(primary.feature_stats or None) if primary is not None else None,
         live_tables=features.tables() if features is not None else None,
     )
+    if workers is not None and settings.inspection.redis_url is None:
+        share(inspection, workers)
     if features is not None:
         features.on_forget(inspection.forget_user_row)
     experiments = Experiments(
@@ -242,4 +254,5 @@ def open_components(settings: Settings, clock: Clock = time.time) -> Components:
             else None
         ),
         telemetry=Telemetry(settings.telemetry),
+        workers=workers,
     )

@@ -32,6 +32,8 @@ class Purpose(Enum):
     CONSENT_HANDLE = (b"gateway-consent-handle-v1", _STORED_HMAC)
     FEATURE_ERASURE = (b"gateway-feature-erasure-v1", _STORED_HMAC)
     PII_PSEUDONYM = (b"gateway-pii-pseudonym-v1\x00", _STORED_HMAC)
+    # Served scores carry it; a later check regenerates it (models.watermark).
+    MODEL_WATERMARK = (b"gateway-model-watermark-v1", _HKDF)
     # Keys of in-memory (or TTL-bound Redis) state only.
     PII_CACHE = (b"gateway-pii-cache-v2", _HKDF)
     TOKEN_CACHE = (b"gateway-token-cache-v1", _HKDF)

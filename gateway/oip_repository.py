@@ -1,8 +1,10 @@
 """Triton's model configuration and repository index, for the one model the gateway serves.
 
-The configuration is derived from the loaded ONNX signature (nothing is read from a
-`config.pbtxt`: there is none); the index lists the versions the registry has loaded
-(READY) and the signed packages on disk it has not (UNAVAILABLE).
+The configuration is derived from the loaded ONNX signature as a client sees it under the
+bundle's input declaration (models.provenance: ids as strings, server-provided features
+left out; nothing is read from a `config.pbtxt`: there is none); the index lists the
+versions the registry has loaded (READY) and the signed packages on disk it has not
+(UNAVAILABLE).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from gateway.pipeline import ACTION_SCOPES
 from gateway.routes.events import EventBatch
 from gateway.schemas import RankRequest
 from gateway.settings import Settings
+from models.provenance import advertised_inputs
 
 
 @dataclass
@@ -221,13 +222,18 @@ def request_examples(components: Components) -> dict[tuple[str, str], Any]:
         }
     if ranker is not None:
         tensors = []
-        for spec in ranker.inputs:
+        # What a default client sends (models.provenance): ids as BYTES, declared features.
+        policy = components.policy.in_force().data.model(ranker.ref.name)
+        for spec in advertised_inputs(ranker.inputs, policy):
             shape = [1 if size < 0 else size for size in spec.shape]
             value: int | float = 1 if spec.datatype.startswith(("INT", "UINT")) else 0.0
+            data: list[Any] = [value] * math.prod(shape)
+            if spec.datatype == "BYTES":
+                items = list(features.item_ids) if features is not None else []
+                data = ["user-123"] if spec.name == "user_id" else items[: math.prod(shape)]
             tensors.append(
-                {"name": spec.name, "shape": shape, "datatype": spec.datatype,
-                 "data": [value] * math.prod(shape)}
-            )  # fmt: skip
+                {"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data}
+            )
         for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
             examples[("POST", path)] = {"inputs": tensors}
     return examples

@@ -35,6 +35,9 @@ class Action(StrEnum):
 
     RANK = "rank"
     INFER = "infer"
+    # OIP infer with raw tensors, server-provided inputs included (feature provenance):
+    # asked by the decode step of an infer request that sends them, never a route's own.
+    INFER_RAW = "infer.raw"
     MODEL_READ = "model.read"
     AUDIT_READ = "audit.read"
     AUDIT_EXPORT = "audit.export"
@@ -56,6 +59,7 @@ ACTION_SCOPES: Mapping[str, str] = MappingProxyType(
     {
         Action.RANK: "rank",
         Action.INFER: "infer",
+        Action.INFER_RAW: "infer:raw",
         Action.MODEL_READ: "infer",
         Action.AUDIT_READ: "audit:read",
         Action.AUDIT_EXPORT: "audit:export",
@@ -120,6 +124,14 @@ class InferQuery:
     id: str | None
     feeds: Mapping[str, Any]  # input name -> numpy array
     outputs: tuple[str, ...] | None = None
+    # Which feeds hold values the client chose (feature provenance): None means every
+    # feed (raw tensors); the rest were filled server-side from the feature store.
+    client_inputs: frozenset[str] | None = None
+    # The ids of the provenance path (models.provenance), None for raw tensors: the user
+    # (the data subject stage 3 decides for; None when the model takes no user id) and
+    # the candidates, which the server maps to feature-store rows after stage 3.
+    user_id: str | None = None
+    item_ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +291,7 @@ STAGE_MODULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "authenticate": ("security.authn",),
         "authorize": ("policies.stage", "policies.scope_stage", "security.inspection.stage"),
         "decode": ("gateway.decode",),
-        "consent": ("privacy.consent_stage",),
+        "consent": ("privacy.consent_stage", "models.provenance"),
         "redact": ("privacy.redact_stage",),
         "inspect": ("security.inspection.stage",),
         "rank": ("models.stages", "models.variants", "gateway.wiring"),

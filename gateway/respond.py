@@ -6,7 +6,8 @@ bundle's output policy of the model, on /v1/rank and on OIP infer alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,14 @@ from policies import PolicyReader
 
 # float32 carries ~7 significant digits; more would only print noise.
 SCORE_DECIMALS = 6
+
+# Stage 5's keyed score perturbation (security.inspection.perturb), applied to the served
+# scores before output hardening; it keeps the order of a request's scores.
+Perturb = Callable[[RankQuery | InferQuery, Any], Any]
+
+
+def _unperturbed(_query: RankQuery | InferQuery, scores: Any) -> Any:
+    return scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +68,19 @@ def model_object(model: ModelRef) -> dict[str, str]:
 class RankRespondStage:
     name = "respond"
 
-    def __init__(self, policy: PolicyReader) -> None:
+    def __init__(self, policy: PolicyReader, perturb: Perturb = _unperturbed) -> None:
         self._policy = policy
+        self._perturb = perturb
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
         if not isinstance(query, RankQuery) or not isinstance(result, RankResult) or not ctx.model:
             raise InternalError(log_cause="respond stage without a rank result")
         shape = output_shape(self._policy, ctx.model.name)
-        scores = np.asarray(result.scores, dtype=np.float64)
+        # The offset keys on what the model saw: without the profile, the neutral user,
+        # so two users ranked without personalisation get the same answer.
+        keyed = replace(query, user_id="") if result.cold_start else query
+        scores = np.asarray(self._perturb(keyed, result.scores), dtype=np.float64)
         top_k = query.top_k if shape.max_k is None else min(query.top_k, shape.max_k)
         # Stable sort on the negated score: ties keep the client's candidate order.
         order = np.argsort(-scores, kind="stable")[:top_k].tolist()
@@ -130,9 +143,11 @@ class InferRespondStage:
         self,
         outputs: tuple[TensorSpec, ...],
         policy: PolicyReader,
+        perturb: Perturb = _unperturbed,
     ) -> None:
         self._datatypes = {spec.name: spec.datatype for spec in outputs}
         self._policy = policy
+        self._perturb = perturb
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
@@ -146,6 +161,8 @@ class InferRespondStage:
         binary = _binary_outputs(ctx.wire, result.outputs)
         outputs: list[dict[str, Any]] = []
         for name, array in result.outputs.items():
+            if np.asarray(array).dtype.kind == "f":
+                array = np.asarray(self._perturb(query, array), dtype=array.dtype)
             hardened = np.ascontiguousarray(harden_tensor(array, shape))
             output: dict[str, Any] = {
                 "name": name,

@@ -8,6 +8,8 @@
 - Forwarded headers are believed only from `limits.trusted_proxies` (none by default):
   uvicorn's own default believes 127.0.0.1, which let a local client rotate
   X-Forwarded-For to get a fresh token-endpoint rate limit per request.
+- With `--workers N` (N > 1) a supervisor binds the socket once and N worker processes
+  serve it (gateway.workers); each worker builds exactly the server below.
 - With `tls.cert_file` it serves only TLS (gateway.tls: 1.2+, AEAD, optional mutual TLS),
   sends `Strict-Transport-Security`, and hands the app the verified client certificate
   in the ASGI TLS extension (gateway.tls_scope), which uvicorn itself does not.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
+from pathlib import Path
 
 import h11
 import uvicorn
@@ -28,6 +32,7 @@ from gateway.http_protocol import BoundedHttpToolsProtocol, TlsBoundedHttpToolsP
 from gateway.settings import Settings
 from gateway.tls import server_context
 from gateway.tls_scope import connection_app, hsts
+from gateway.workers.spec import ServeInputs
 
 _TOO_LARGE = b"request header fields too large"
 _H11_DEFAULT_LIMIT = 16 * 1024  # h11's own default max_incomplete_event_size
@@ -141,3 +146,52 @@ def server_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
         # uvicorn's own context has no minimum-version or option knobs: ours replaces it.
         ssl_context_factory=None if context is None else (lambda _config, _default: context),
     )
+
+
+def serve_inputs(
+    data_dir: Path | None,
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    grpc_port: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+) -> ServeInputs:
+    """`gateway serve`'s options, as the workers rebuild their settings from them."""
+
+    def text(path: Path | None) -> str | None:
+        return None if path is None else str(path.absolute())
+
+    return ServeInputs(
+        data_dir=None if data_dir is None else str(data_dir),
+        config=text(config),
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        tls_cert=text(tls_cert),
+        tls_key=text(tls_key),
+        tls_client_ca=text(tls_client_ca),
+    )
+
+
+def serve_workers(inputs: ServeInputs, settings: Settings, workers: int) -> int:
+    """Run the supervisor and `workers` workers until SIGTERM/SIGINT; the exit status.
+
+    What one process checks before it binds is checked here first, in this process, so
+    that a mistake is the command's one error line (secrets, TLS files); the rest is
+    reported by worker 0, which starts alone. The supervisor relays the workers'
+    control-plane changes and, without Redis, hosts the rate limits, budgets and
+    detector state every worker shares (gateway.workers.state_server).
+    """
+    from gateway.workers.state_server import state_host
+    from gateway.workers.supervisor import Supervisor, WorkerFailed
+
+    settings.check_secrets()
+    if settings.tls.enabled:
+        server_context(settings.tls, settings.resolve)
+    try:
+        return Supervisor(inputs, settings, workers, state_host=state_host(settings)).run()
+    except WorkerFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)  # the process boundary: one line
+        return exc.code

@@ -10,6 +10,7 @@ from gateway.errors import ModelNotReady
 from gateway.pipeline import Action, Pipeline, Principal, RequestContext, Stage
 from gateway.respond import InferRespondStage, RankRespondStage
 from models.features import FeatureStore
+from models.provenance import Provenance, ServerFeatures
 from models.stages import InferStage, RankStage
 from models.variants import VariantRankStage
 from security.authn import AuthenticateStage
@@ -80,16 +81,32 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
         *c.privacy.rank_stages(),
         inspect,
         _rank_stage(c, features),
-        RankRespondStage(c.policy),
+        RankRespondStage(c.policy, c.inspection.perturb),
     )
+    # Feature provenance: ids and declared client features from the client, the rest
+    # from the store after stage 3; raw tensors only where the bundle allows `infer.raw`.
+    provenance = Provenance(
+        ranker.inputs,
+        features,
+        c.policy,
+        model_name=ranker.ref.name,
+        features_tenant=c.settings.model.features_tenant,
+    )
+    consent, redact = c.privacy.rank_stages()
     pipelines[Action.INFER] = pipeline(
         InferDecodeStage(
-            ranker.inputs, ranker.outputs, max_rows=limits.max_candidates, model=ranker.ref
+            ranker.inputs,
+            ranker.outputs,
+            max_rows=limits.max_candidates,
+            model=ranker.ref,
+            provenance=provenance,
+            raw_check=c.policy.authorize_stage(ranker.ref.name, ranker.ref.version),
         ),
-        c.privacy.redact_stage(),
+        ServerFeatures(consent, provenance),
+        redact,
         inspect,
         InferStage(ranker),
-        InferRespondStage(ranker.outputs, c.policy),
+        InferRespondStage(ranker.outputs, c.policy, c.inspection.perturb),
     )
     return pipelines
 

@@ -1,4 +1,10 @@
-"""The ranker runtime: one onnxruntime session, created from bytes, run off the event loop."""
+"""The ranker runtime: one onnxruntime session, created from bytes.
+
+A run goes to the inference thread pool ("executor"), or runs on the event loop
+("inline": a small model's run costs less than the hand-off), optionally through the
+micro-batcher (models.batching), or to a remote OIP server (models.remote) while the
+local session still gives the verified model's signature.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import numpy as np
 from gateway.errors import ConfigurationError, InvalidRequest
 from gateway.pipeline import ModelRef
 from gateway.telemetry import span
-from models.ort import ort, session_from_bytes
+from models.batching import MicroBatcher
+from models.ort import CPU_PROVIDER, ort, session_from_bytes
+from models.remote import RemoteBackend
 
 # ONNX tensor element types (as onnxruntime names them) → Open Inference Protocol datatypes.
 _OIP_DATATYPES = {
@@ -40,6 +48,8 @@ InferenceObserver = Callable[[float, int], None]
 
 # Told each run's inputs and first output (models.drift), in the inference thread.
 DriftWatch = Callable[[Mapping[str, np.ndarray], np.ndarray], None]
+# Given each run's inputs and first output, returns the output to serve (models.watermark).
+Marks = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
 
 
 def _no_observer(_seconds: float, _rows: int) -> None:
@@ -85,7 +95,14 @@ class Ranker:
         graph_optimization_level: str = "all",
         observe: InferenceObserver = _no_observer,
         watch: DriftWatch | None = None,
+        marks: Marks | None = None,
+        providers: tuple[str, ...] = (CPU_PROVIDER,),
+        inline: bool = False,
+        batching: tuple[float, int] | None = None,
+        remote: RemoteBackend | None = None,
     ) -> None:
+        """`providers`: resolved by models.ort.resolve_providers. `batching`: (max wait
+        in seconds, max rows) to micro-batch concurrent runs; None runs each alone."""
         self.ref = ModelRef(
             name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest()
         )
@@ -93,6 +110,11 @@ class Ranker:
             model_bytes,
             intra_op_threads=intra_op_threads,
             graph_optimization_level=graph_optimization_level,
+            providers=providers,
+        )
+        # What runs the model: onnxruntime's providers in use, or the remote server.
+        self.providers: tuple[str, ...] = (
+            ("remote-oip",) if remote is not None else tuple(self._session.get_providers())
         )
         self.inputs = tuple(_spec(i) for i in self._session.get_inputs())
         self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
@@ -102,6 +124,20 @@ class Ranker:
         )
         self._observe = observe
         self._watch = watch
+        self._marks = marks
+        self._inline = inline
+        self._remote = remote
+        self._batcher = (
+            MicroBatcher(
+                self._run_once,
+                max_wait_s=batching[0],
+                max_rows=batching[1],
+                # One batch per inference thread (a remote server: per connection).
+                max_in_flight=inference_threads,
+            )
+            if batching is not None
+            else None
+        )
 
     @classmethod
     def from_file(cls, path: Path, *, name: str, version: str, **options: object) -> Ranker:
@@ -123,13 +159,37 @@ class Ranker:
         self._observe(time.perf_counter() - started, rows)
         if self._watch is not None and values:
             self._watch(feeds, values[0])  # the first output: the score
+        if self._marks is not None and values:
+            values[0] = self._marks(feeds, values[0])  # drift watched the model's own score
         return dict(zip(self._output_names, values, strict=True))
 
-    async def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _run_remote(
+        self, remote: RemoteBackend, feeds: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = await remote.infer(self.ref.name, self.ref.version, feeds, self._output_names)
+        self._observe(time.perf_counter() - started, len(next(iter(feeds.values()), ())))
+        if self._watch is not None and outputs:
+            self._watch(feeds, outputs[self._output_names[0]])
+        if self._marks is not None and outputs:
+            first = self._output_names[0]
+            outputs[first] = self._marks(feeds, outputs[first])
+        return outputs
+
+    async def _run_once(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._remote is not None:
+            return await self._run_remote(self._remote, feeds)
+        if self._inline:
+            return self._run(feeds)
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, feeds)
+
+    async def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         attributes = {"model.name": self.ref.name, "model.version": self.ref.version}
         with span("onnxruntime.run", **attributes):
-            return await loop.run_in_executor(self._executor, self._run, feeds)
+            if self._batcher is not None:
+                return await self._batcher.run(feeds)
+            return await self._run_once(feeds)
 
     def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """For the CLI, tests and benchmarks; never call it on the event loop."""

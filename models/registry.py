@@ -69,6 +69,7 @@ class LoadedModel:
             "package_digest": (
                 f"sha256:{self.package_digest}" if self.package_digest else "unpackaged"
             ),
+            "execution_providers": list(self.ranker.providers),
         }
         if self.package is not None:
             info["signer"] = self.package.signer

@@ -15,20 +15,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.derivation import Purpose
 from gateway.errors import ConfigurationError, InvalidRequest, NotFound
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from models.drift import DriftBoard
 from models.features import FeatureStore
 from models.loader import PolicyView, check_policy
+from models.ort import resolve_providers
 from models.package_errors import ModelPackageError, PolicyRefusedError
 from models.ranker import Ranker
 from models.registry import LoadedModel, ModelRegistry
+from models.remote import RemoteBackend, RemoteOptions
 from models.signing import TrustedSigner, parse_public_key, read_public_keys
+from models.watermark import served_mark
 from policies import DataPolicy, PolicyInForce, PolicyReader
 from security import keyring_from_settings
 
@@ -122,6 +129,8 @@ class Serving:
         self._start_error = start_error
         self._refused: dict[str, NotReady] = {}  # version -> why it was refused
         self._primary_refused: NotReady | None = None  # the policy refuses the primary
+        # Stage 6's remote server (model.backend = "remote"), shared by every version.
+        self.remote: RemoteBackend | None = None
 
     # -- what is served ----------------------------------------------------------------
 
@@ -158,6 +167,9 @@ class Serving:
         elif self.primary() is None and not found:
             version = self._settings.model.version
             found.append(NotReady(self.name, None, "start", "NotLoaded", f"{version} not loaded"))
+        if self.remote is not None and self.remote.breaker.state == "open":
+            # Only while it cools down: half-open must let traffic in, or nothing probes.
+            found.append(NotReady(self.name, None, "remote", "CircuitOpen", "breaker open"))
         return found
 
     @property
@@ -284,6 +296,40 @@ class Serving:
         if self._registry is not None:
             self._registry.close()
 
+    async def aclose(self) -> None:
+        """Close the remote server's connections (on the loop that opened them), then
+        the sessions."""
+        if self.remote is not None:
+            await self.remote.aclose()
+        self.close()
+
+
+class ExecutionProviders(Collector):
+    """`gateway_model_execution_provider{model,version,provider,rank}`: what runs each
+    loaded version (onnxruntime's providers in use, or `remote-oip`), and the remote
+    breaker's state; read at scrape time, so it cannot disagree with what is served."""
+
+    def __init__(self, serving: Serving) -> None:
+        self._serving = serving
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        providers = GaugeMetricFamily(
+            "gateway_model_execution_provider",
+            "1 for each execution provider a loaded model version runs on (rank 0 first)",
+            labels=["model", "version", "provider", "rank"],
+        )
+        for model in self._serving.loaded():
+            for rank, provider in enumerate(model.ranker.providers):
+                providers.add_metric([model.name, model.version, provider, str(rank)], 1)
+        yield providers
+        remote = self._serving.remote
+        if remote is not None:
+            yield GaugeMetricFamily(
+                "gateway_model_remote_circuit_open",
+                "1 while the remote ranker's circuit breaker refuses calls (cooling down)",
+                value=1 if remote.breaker.state == "open" else 0,
+            )
+
 
 def _start_failure(name: str, exc: Exception) -> NotReady:
     log.error("model %s not loaded: %s", name, exc)
@@ -315,20 +361,54 @@ def open_registry(
     )
 
 
+def remote_backend(settings: Settings) -> RemoteBackend:
+    """The remote ranker's client (model.backend = "remote"), within the request timeout."""
+    cfg = settings.model.remote
+    if cfg.url is None:
+        raise ConfigurationError("model.backend = remote needs model.remote.url")
+    if cfg.deadline_s >= settings.limits.request_timeout_s:
+        raise ConfigurationError(
+            "model.remote.deadline_s must be shorter than limits.request_timeout_s"
+        )
+    return RemoteBackend(
+        RemoteOptions(
+            url=cfg.url,
+            model_name=cfg.model_name,
+            send_version=cfg.send_version,
+            binary=cfg.binary,
+            unit_axis=cfg.unit_axis,
+            max_connections=cfg.max_connections,
+            connect_timeout_s=cfg.connect_timeout_s,
+            attempt_timeout_s=cfg.attempt_timeout_s,
+            deadline_s=cfg.deadline_s,
+            retries=cfg.retries,
+            backoff_ms=cfg.backoff_ms,
+            breaker_failures=cfg.breaker_failures,
+            breaker_cooldown_s=cfg.breaker_cooldown_s,
+        )
+    )
+
+
 def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) -> Serving:
     """Open the keyring, the registry and the feature store, and load what must be served.
 
     Never raises for a model that cannot be served: the gateway starts not-ready and
     `/readyz` says why (nothing else is served in its place)."""
     cfg = settings.model
+    # A provider this build lacks, without the CPU fallback: refuse to start (raises).
+    providers = resolve_providers(cfg.execution_providers)
     observe = inference_observer(metrics, cfg.name)
     opened: list[ModelRegistry] = []
+    remote = remote_backend(settings) if cfg.backend == "remote" else None
+    batch = cfg.batching
+    batching = (batch.max_wait_ms / 1000, batch.max_rows) if batch.enabled else None
 
     def stats_for(name: str, version: str) -> dict[str, dict[str, list[float]]] | None:
         loaded = opened[0].get(name, version) if opened else None
         return loaded.feature_stats if loaded is not None else None
 
     drift = DriftBoard(stats_for).register(metrics.registry)
+    mark_secret = settings.derived_keys[Purpose.MODEL_WATERMARK]
 
     def make_ranker(name: str, version: str, model_bytes: bytes) -> Ranker:
         return Ranker(
@@ -340,22 +420,34 @@ def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) ->
             graph_optimization_level=cfg.graph_optimization_level,
             observe=observe,
             watch=drift.watcher(name, version),
+            marks=served_mark(mark_secret, name, version, policy, lambda: stats_for(name, version)),
+            providers=providers,
+            inline=cfg.inference_mode == "inline",
+            batching=batching,
+            remote=remote,
         )
+
+    def attach(serving: Serving) -> Serving:
+        serving.remote = remote
+        metrics.registry.register(ExecutionProviders(serving))
+        return serving
 
     try:
         registry = open_registry(settings, policy, make_ranker)
         opened.append(registry)
     except (ConfigurationError, OSError, ValueError) as exc:
-        serving = Serving(
-            settings,
-            metrics,
-            registry=None,
-            features=None,
-            start_error=_start_failure(cfg.name, exc),
+        serving = attach(
+            Serving(
+                settings,
+                metrics,
+                registry=None,
+                features=None,
+                start_error=_start_failure(cfg.name, exc),
+            )
         )
         serving.load_wanted(policy.in_force().data)
         return serving
-    serving = Serving(settings, metrics, registry=registry, features=None)
+    serving = attach(Serving(settings, metrics, registry=registry, features=None))
     if settings.packages.unsafe_allow_plaintext_model:
         path = settings.resolve(cfg.path)
         log.warning(

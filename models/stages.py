@@ -1,4 +1,6 @@
-"""Stage 6: rank. The `/v1/rank` path looks features up server-side; OIP sends tensors."""
+"""Stage 6: rank. `/v1/rank` looks features up server-side here; OIP infer runs the model
+on feeds its decode step and models.provenance assembled (ids mapped to store rows, or
+raw tensors from a trusted caller)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,21 @@ from gateway.errors import InternalError
 from gateway.pipeline import InferQuery, InferResult, RankQuery, RankResult, RequestContext
 from models.features import FeatureStore
 from models.ranker import Ranker
+
+
+def profile_user(ctx: RequestContext, user_id: str, features_tenant: str | None) -> str:
+    """Whose stored profile a request may use: `user_id`, or "" for the cold-start row.
+
+    Stage 3's verdict: without a personalisation basis the profile is never read; the
+    neutral user "" (never a stored id) gets the cold-start row: popularity only. No
+    verdict at all is no basis (fail closed). The store's profiles belong to one tenant:
+    another tenant's user of the same id is someone else. /v1/rank and the OIP id path
+    (models.provenance) both decide here."""
+    personal = ctx.consent is not None and ctx.consent.may_personalize is True
+    tenant = ctx.principal.tenant if ctx.principal is not None else None
+    if tenant != features_tenant:
+        personal = False
+    return user_id if personal else ""
 
 
 class RankStage:
@@ -28,15 +45,7 @@ class RankStage:
         query = ctx.payload
         if not isinstance(query, RankQuery):
             raise InternalError(log_cause="rank stage got no RankQuery")
-        # Stage 3's verdict: without a personalisation basis the profile is never read;
-        # the neutral user "" (never a stored id) gets the cold-start row: popularity only.
-        # No verdict at all is no basis (fail closed). The store's profiles belong to one
-        # tenant: another tenant's user of the same id is someone else.
-        personal = ctx.consent is not None and ctx.consent.may_personalize is True
-        tenant = ctx.principal.tenant if ctx.principal is not None else None
-        if tenant != self._features_tenant:
-            personal = False
-        user_id = query.user_id if personal else ""
+        user_id = profile_user(ctx, query.user_id, self._features_tenant)
         feeds = self._features.inputs_for(user_id, query.item_ids)
         outputs = await self._ranker.run(feeds)
         result = RankResult(

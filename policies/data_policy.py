@@ -11,12 +11,19 @@ compliance setting must fail the load, not silently fall back to a default.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 _SIGNER_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 OutputMode = Literal["scores", "rounded", "rank_only", "top_k"]
@@ -80,6 +87,47 @@ class EventsPolicy(_Strict):
     without_consent: Literal["refuse", "uncounted"] = "refuse"
 
 
+InputSource = Literal["id", "server", "client"]
+# The feature store's vocabulary (models.features.FeatureStore.inputs_for): the id inputs
+# it maps to rows, and the inputs it fills from those rows, each with the id it is read by.
+STORE_ID_INPUTS = ("user_id", "item_id")
+STORE_FEATURE_INPUTS: Mapping[str, str] = {"user_features": "user_id", "item_features": "item_id"}
+
+
+def _check_inputs(inputs: Mapping[str, InputSource]) -> None:
+    """What a declaration can be checked for without the model (models.provenance checks
+    the names against the model's signature when the gateway serves it)."""
+    for name, source in inputs.items():
+        if name in STORE_ID_INPUTS and source != "id":
+            raise ValueError(f"input {name!r} is a feature-store id: declare it `id`")
+        if source == "id" and name not in STORE_ID_INPUTS:
+            raise ValueError(f"input {name!r}: `id` is only for the store's ids {STORE_ID_INPUTS}")
+        if source == "server":
+            by = STORE_FEATURE_INPUTS.get(name)
+            if by is None:
+                raise ValueError(
+                    f"input {name!r}: the feature store provides only "
+                    f"{sorted(STORE_FEATURE_INPUTS)}"
+                )
+            if inputs.get(by) != "id":
+                raise ValueError(f"input {name!r} is looked up by {by!r}: declare {by!r} `id`")
+    if "user_id" in inputs and "item_id" not in inputs:
+        raise ValueError("input 'user_id' needs 'item_id' declared `id` (the candidates)")
+
+
+class WatermarkPolicy(_Strict):
+    """The keyed watermark in served scores (models.watermark): proof of extraction.
+
+    `strength`: the mark's amplitude in score units (a score moves by at most 1.42x it);
+    at most 0.17, so that the mark's ramp near a probability's ends stays narrow. `inputs`:
+    the model inputs it is a function of; inputs constant within a request (the user's
+    features) keep every request's ranking unchanged."""
+
+    enabled: bool = False
+    strength: float = Field(default=0.04, gt=0, le=0.17)
+    inputs: tuple[str, ...] = Field(default=("user_features",), min_length=1)
+
+
 class ModelPolicy(_Strict):
     """How one model (keyed by name) may be called and what its answers may reveal."""
 
@@ -93,6 +141,24 @@ class ModelPolicy(_Strict):
     output: OutputPolicy = OutputPolicy()
     min_version: str | None = None
     experiment: ExperimentPolicy = ExperimentPolicy()
+    watermark: WatermarkPolicy = WatermarkPolicy()
+    # Feature provenance (models.provenance): where each model input comes from. `id`:
+    # the client sends string ids, mapped to store rows; `server`: filled from the feature
+    # store, a client may not send it; `client`: a real-time feature the client sends
+    # (validated and inspected). None (undeclared) is safe: nothing is filled server-side,
+    # so OIP infer takes only raw tensors, from callers the bundle lets do `infer.raw`.
+    inputs: dict[str, InputSource] | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(
+        cls, value: dict[str, InputSource] | None
+    ) -> dict[str, InputSource] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("inputs: declare every model input, or leave `inputs` out")
+            _check_inputs(value)
+        return value
 
     @field_validator("variants")
     @classmethod
@@ -207,21 +273,53 @@ class RedactionPolicy(_Strict):
         return value
 
 
-# Detector thresholds (security.inspection), their defaults and allowed ranges.
+# Detector thresholds (security.inspection), their defaults and allowed ranges. Distances
+# are RMS over the standardised features (training standard deviations per feature); counts
+# are time-decayed (security.inspection.sketch): a row seen `window_seconds` ago weighs 1/e.
 DETECTION_THRESHOLDS: dict[str, tuple[float, float, float]] = {
     # fraction of a request's feature values outside the training bounds that is tolerated
     "out_of_range": (0.0, 0.0, 1.0),
-    # two queries on the same ids are near-duplicates above this similarity (1 = identical)
-    "query_similarity": (0.9, 0.0, 1.0),
-    # near-duplicates of one query in the client's history that count as boundary probing
-    "near_duplicates": (8.0, 1.0, 1024.0),
-    # fraction of a client's recent rows off the data manifold that counts as extraction
-    "extraction_rate": (0.8, 0.0, 1.0),
-    # RMS distance (training standard deviations) from the store row that is "off manifold"
-    "off_manifold": (0.5, 0.0, 1000.0),
-    # rows seen before extraction_rate is judged
-    "min_rows": (32.0, 1.0, 100_000.0),
+    # rows within an RMS distance of (1 - similarity) share most fine LSH buckets (the
+    # coarse scale is 3x wider): noise of 0.3 per feature on every query still collides
+    "query_similarity": (0.85, 0.0, 0.99),
+    # earlier off-store rows near one off-store row (LSH estimate, ids ignored) in any of
+    # its histories
+    "near_duplicates": (8.0, 1.0, 1_000_000.0),
+    # a row this close to the store row of its ids is the store's (recomputed features):
+    # never counted, whatever the client sends around it
+    "store_radius": (0.12, 0.0, 1000.0),
+    # new versions of one id's features (a feature input beyond store_radius from the
+    # store row, each exact value counted once) in a tenant within versions_seconds:
+    # probing on fixed ids. A pipeline recomputing features makes a few an hour.
+    "versions": (24.0, 1.0, 1_000_000.0),
+    # a row farther than this from the store row of its ids is off the store: no drift of
+    # a feature pipeline explains it (the store rows of other ids lie ~1-1.4 away)
+    "off_manifold": (0.9, 0.0, 1000.0),
+    # off-store rows in one history (decayed count) that count as probing or extraction
+    "off_store_rows": (32.0, 1.0, 1_000_000_000.0),
 }
+
+
+class DetectionScopes(_Strict):
+    """The histories a row counts in, each with its threshold multiple (0 = not kept).
+
+    `client`: the calling client; `tenant`: every client of its tenant together (an
+    attack split over many credentials adds up); `subject`: the data subject of the row
+    (the user id), across the clients of the tenant."""
+
+    client: float = Field(default=1.0, ge=0)
+    tenant: float = Field(default=2.0, ge=0)
+    subject: float = Field(default=1.0, ge=0)
+
+
+class ScorePerturbation(_Strict):
+    """Keyed score perturbation (security.inspection.perturb): each served score moves by a
+    keyed pseudo-random offset of the exact query, at most `max_offset` and under half the
+    gap to its neighbours in the request, so the ranking within a request never changes
+    while finite differences between near queries turn to noise."""
+
+    enabled: bool = False
+    max_offset: float = Field(default=0.004, gt=0, le=1)
 
 
 class DetectionPolicy(_Strict):
@@ -232,11 +330,17 @@ class DetectionPolicy(_Strict):
     shadow: bool = False  # evaluate and record, never enforce
     # Values may exceed the training [min, max] by this fraction of the span.
     bounds_tolerance: float = Field(default=0.05, ge=0, le=100)
-    history: int = Field(default=128, ge=8, le=1024)  # fingerprints kept per client
-    window_seconds: int = Field(default=900, ge=1)  # history and strikes expire after this
+    # Time constant of the decayed histories, and the window detections (strikes) count in:
+    # a day, so an attack paced over hours still adds up.
+    window_seconds: int = Field(default=86_400, ge=1)
+    # Time constant of the `versions` counts: an hour, the scale at which a pipeline's
+    # recomputations and an attack's probes differ (a few against tens).
+    versions_seconds: int = Field(default=3600, ge=1)
+    scopes: DetectionScopes = DetectionScopes()
     cooldown_after: int = Field(default=3, ge=1)  # detections within the window
     cooldown_seconds: int = Field(default=300, ge=0)
     throttle_seconds: int = Field(default=10, ge=1)  # Retry-After of a throttled request
+    perturbation: ScorePerturbation = ScorePerturbation()
 
     @field_validator("thresholds")
     @classmethod
@@ -251,23 +355,67 @@ class DetectionPolicy(_Strict):
                 raise ValueError(f"threshold {name} must be within [{low}, {high}]")
         return value
 
+    @model_validator(mode="after")
+    def _radii_ordered(self) -> DetectionPolicy:
+        if self.threshold("store_radius") > self.threshold("off_manifold"):
+            raise ValueError("threshold store_radius must not exceed off_manifold")
+        return self
+
     def threshold(self, name: str) -> float:
         return self.thresholds.get(name, DETECTION_THRESHOLDS[name][0])
 
 
+class Rate(_Strict):
+    """A token bucket: `rps` sustained, `burst` at once."""
+
+    rps: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
 class RateLimitPolicy(_Strict):
+    # Each client (tenant and client id), before the body is read.
     per_client_rps: float = Field(default=50.0, gt=0)
     burst: int = Field(default=100, ge=1)
+    # Optional: each (client, data subject of the request), and every client of a tenant
+    # together. A request for several subjects takes one token from each subject's bucket.
+    per_subject: Rate | None = None
+    per_tenant: Rate | None = None
     # /oauth/token, per source address, before the (deliberately slow) secret check.
     token_endpoint_rps: float = Field(default=2.0, gt=0)
     token_endpoint_burst: int = Field(default=20, ge=1)
 
 
 class QueryBudget(_Strict):
-    """Query budget against model extraction: at most ``max_queries`` per window."""
+    """Query budget against model extraction: at most ``max_queries`` rows per window."""
 
     window_seconds: int = Field(ge=1)
     max_queries: int = Field(ge=1)
+
+
+def _budget_list(value: object) -> object:
+    """One budget or a list of them (e.g. an hourly and a daily one)."""
+    return [value] if isinstance(value, Mapping) else value
+
+
+BudgetWindows = Annotated[tuple[QueryBudget, ...], BeforeValidator(_budget_list)]
+
+
+class QueryBudgets(_Strict):
+    """Rows scored per window, per scope; a request must fit every budget that applies.
+
+    `default`: each client, all its subjects together (unless `clients` names it);
+    `per_subject`: each (client, data subject of the row); `per_tenant`: every client of
+    a tenant together. A service acting for many users gets `default` whole while each
+    user behind it is held to `per_subject`; many credentials of one tenant share
+    `per_tenant`."""
+
+    default: BudgetWindows = ()
+    clients: dict[str, BudgetWindows] = Field(default_factory=dict)
+    per_subject: BudgetWindows = ()
+    per_tenant: BudgetWindows = ()
+
+    def for_client(self, client_id: str) -> tuple[QueryBudget, ...]:
+        return self.clients.get(client_id, self.default)
 
 
 class RetentionPolicy(_Strict):
@@ -304,7 +452,7 @@ class DataPolicy(_Strict):
     detection: DetectionPolicy = DetectionPolicy()
     redaction: RedactionPolicy = RedactionPolicy()
     rate_limits: RateLimitPolicy = RateLimitPolicy()
-    query_budgets: dict[str, QueryBudget] = Field(default_factory=dict)
+    query_budgets: QueryBudgets = QueryBudgets()
     retention: RetentionPolicy = RetentionPolicy()
     model_signers: tuple[ModelSigner, ...] = ()
     events: EventsPolicy = EventsPolicy()

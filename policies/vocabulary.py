@@ -35,6 +35,7 @@ RESOURCE_OF: Mapping[str, str] = MappingProxyType(
     {
         Action.RANK: "Model",
         Action.INFER: "Model",
+        Action.INFER_RAW: "Model",
         Action.MODEL_READ: "Model",
         Action.EVENTS: "Model",
         Action.AUDIT_READ: "AuditLog",

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.pipeline import RankQuery, RequestContext
+from gateway.pipeline import InferQuery, RankQuery, RequestContext
 from policies import ConsentPolicy, PolicyReader
 from privacy.consent_store import (
     JURISDICTIONS,
@@ -164,8 +164,9 @@ class ConsentStage:
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query = ctx.payload
-        if not isinstance(query, RankQuery):
-            return ctx  # no data subject in this request (OIP tensors, admin...)
+        # An OIP query names a subject on the id path only (models.provenance).
+        if not isinstance(query, RankQuery | InferQuery) or query.user_id is None:
+            return ctx  # no data subject in this request (OIP raw tensors, admin...)
         data = self._policy.in_force().data
         policy = data.consent
         model = data.model(self._model)

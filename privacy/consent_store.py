@@ -88,6 +88,10 @@ class ConsentStore:
         """Run the statements in one transaction."""
         raise NotImplementedError
 
+    def invalidate(self) -> None:
+        """Forget anything cached: another process wrote to the same store."""
+        return None
+
     def ping(self) -> None:
         """A trivial read: raises ConsentStoreError while the store cannot answer."""
         self._query("SELECT 1")
@@ -271,9 +275,12 @@ class SqliteConsentStore(ConsentStore):
             self._write_through(statements)
         finally:
             # Cleared whether or not the transaction committed: never serve a stale answer.
-            with self._read_lock:
-                self._generation += 1
-                self._cache.clear()
+            self.invalidate()
+
+    def invalidate(self) -> None:
+        with self._read_lock:
+            self._generation += 1  # a read in flight does not fill the cache either
+            self._cache.clear()
 
     def _write_through(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self._lock:

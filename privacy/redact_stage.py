@@ -20,6 +20,7 @@ only: an analyzer's message could quote the text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -174,7 +175,7 @@ class RedactStage:
                 _merge(counts, redacted.counts)
             n += len(flat)
             feeds[name] = np.array([r.text for r in done], dtype=object).reshape(array.shape)
-        payload = InferQuery(id=query.id, feeds=feeds, outputs=query.outputs)
+        payload = dataclasses.replace(query, feeds=feeds)  # provenance fields kept
         return ctx.evolve(payload=payload, redaction=RedactionOutcome(counts, jurisdiction, n))
 
     async def _run(

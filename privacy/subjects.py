@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +79,25 @@ class SubjectService:
         # Only this tenant's subjects have rows in the feature store (settings.model).
         self._features_tenant = features_tenant
         self._clock = clock
+        # Told of each consent write and erasure done here ("consent" | "erasure", tenant,
+        # subject): `serve --workers N` tells the other workers (gateway.control).
+        self.observers: list[Callable[[str, str | None, str], Awaitable[None]]] = []
+
+    async def _changed(self, kind: str, tenant: str | None, subject_id: str) -> None:
+        for observer in self.observers:
+            await observer(kind, tenant, subject_id)
+
+    async def apply_elsewhere(self, kind: str, tenant: str | None, subject_id: str) -> None:
+        """Another process sharing these stores changed the subject (and recorded it): drop
+        what this one keeps in memory, the erased subject's audit key and feature row too."""
+        self.consent.invalidate()
+        if kind != "erasure":
+            return
+        if self._audit is not None:
+            handle = self._audit.subjects.handle(tenant, subject_id)
+            await asyncio.to_thread(self._audit.subjects.destroy, handle)
+        if self._features is not None and tenant == self._features_tenant:
+            self._features.forget_user(subject_id)  # the file is the other process's work
 
     # -- consent -------------------------------------------------------------
 
@@ -111,6 +130,7 @@ class SubjectService:
             )
         except ConsentStoreError as exc:
             raise ConsentUnavailable(log_cause=f"consent store: {exc}") from exc
+        await self._changed("consent", tenant, subject_id)
         return current
 
     # -- access --------------------------------------------------------------
@@ -214,6 +234,7 @@ class SubjectService:
                 )
             except (OSError, ValueError) as exc:
                 raise ConsentUnavailable(log_cause=f"feature erasure: {exc}") from exc
+        await self._changed("erasure", tenant, subject_id)
         return {
             "erased": True,
             "feature_row_erased": feature_row,

@@ -67,27 +67,37 @@ def serve(
     init_if_missing: Annotated[
         bool, typer.Option("--init", help="Run `init` first if the data directory is new")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes on one socket (default: the number of cores; "
+            "1: one process, no supervisor)",
+        ),
+    ] = None,
 ) -> None:
-    """Run the gateway (uvicorn, one process)."""
-    import uvicorn
-
-    from gateway.app import create_app
+    """Run the gateway (uvicorn; a supervisor and N worker processes with --workers N)."""
     from gateway.logs import configure_logging
-    from gateway.server import server_config
-    from gateway.tls import tls_overrides
+    from gateway.server import serve_inputs
+    from gateway.workers.supervisor import default_workers
 
     if init_if_missing:
         init(data_dir)
-    settings = build_settings(
-        data_dir,
-        config,
-        host=host,
-        port=port,
-        grpc_port=grpc_port,
-        tls=tls_overrides(tls_cert, tls_key, tls_client_ca),
-    )
+    inputs = serve_inputs(data_dir, config, host, port, grpc_port, tls_cert, tls_key, tls_client_ca)
+    settings = inputs.settings()
     configure_logging(settings.log_level, settings.telemetry.log_format)
-    uvicorn.Server(server_config(settings, create_app(settings))).run()
+    count = workers if workers is not None else default_workers()
+    if count == 1:
+        import uvicorn
+
+        from gateway.app import create_app
+        from gateway.server import server_config
+
+        uvicorn.Server(server_config(settings, create_app(settings))).run()
+        return
+    from gateway.server import serve_workers
+
+    raise typer.Exit(serve_workers(inputs, settings, count))
 
 
 @app.command()

@@ -27,6 +27,7 @@ from gateway.grpc.tensors import infer_response, wire_request
 from gateway.pipeline import Action, RequestContext, Respond
 from gateway.readiness import dependency_checks
 from gateway.routes.oip import SERVER_NAME, SERVER_VERSION
+from models.provenance import advertised_inputs
 
 SERVICE = "inference.GRPCInferenceService"
 Handler = Callable[[bytes, aio.ServicerContext[Any, Any]], Awaitable[bytes]]
@@ -156,13 +157,16 @@ class InferenceService:
                     m.version for m in self._c.serving.loaded() if m.name == ranker.ref.name
                 ]
                 tensor = pb.ModelMetadataResponse.TensorMetadata
+                # What a client sends under the bundle's input declaration (ids as BYTES,
+                # declared client features), not what the server fills from its store.
+                policy = self._c.policy.in_force().data.model(ranker.ref.name)
                 return pb.ModelMetadataResponse(
                     name=ranker.ref.name,
                     versions=versions or [ranker.ref.version],
                     platform="onnxruntime_onnx",
                     inputs=[
                         tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                        for s in ranker.inputs
+                        for s in advertised_inputs(ranker.inputs, policy)
                     ],
                     outputs=[
                         tensor(name=s.name, datatype=s.datatype, shape=s.shape)

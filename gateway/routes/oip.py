@@ -26,6 +26,7 @@ from gateway.pipeline import Action, RequestContext, Respond
 from gateway.readiness import dependency_checks
 from gateway.routes._json import json_response
 from gateway.schemas import RepositoryIndexRequest, parse_json
+from models.provenance import advertised_inputs
 
 router = APIRouter(prefix="/v2")
 
@@ -117,16 +118,20 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         loaded = components.serving.loaded()
         versions = [m.version for m in loaded if m.name == ranker.ref.name]
         package = ranker.ref.package_digest
+        policy = components.policy.in_force().data.model(ranker.ref.name)
         return {
             "name": ranker.ref.name,
             "versions": versions or [ranker.ref.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [spec.as_oip() for spec in ranker.inputs],
+            # What a client sends (models.provenance): ids, declared client features.
+            "inputs": [spec.as_oip() for spec in advertised_inputs(ranker.inputs, policy)],
             "outputs": [spec.as_oip() for spec in ranker.outputs],
             "parameters": {
                 "version": ranker.ref.version,
                 "model_digest": f"sha256:{ranker.ref.digest}",
                 "package_digest": f"sha256:{package}" if package else "unpackaged",
+                # OIP parameters are scalars: the providers in use, in order.
+                "execution_providers": ",".join(ranker.providers),
             },
         }
 
@@ -225,7 +230,10 @@ async def _config(request: Request, name: str, version: str | None) -> Response:
         if ranker is None:
             raise ModelNotReady("the model is not loaded")
         ref = ranker.ref
-        return model_config(ref.name, ref.version, ranker.inputs, ranker.outputs)
+        policy = components.policy.in_force().data.model(ref.name)
+        return model_config(
+            ref.name, ref.version, advertised_inputs(ranker.inputs, policy), ranker.outputs
+        )
 
     return await _admin(request, config)
 

@@ -26,6 +26,10 @@ class RateLimiter(Protocol):
         self, key: str, *, rate: float, burst: int, now: float, cost: float = 1.0
     ) -> Take: ...
 
+    async def take_all(self, keys: list[str], *, rate: float, burst: int, now: float) -> Take:
+        """One token from each key's bucket, or none (a request for several subjects)."""
+        ...
+
 
 class MemoryRateLimiter:
     """Bounded: at most `max_keys` buckets; the least recently used go first (a full
@@ -48,6 +52,24 @@ class MemoryRateLimiter:
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return Take(allowed, wait)
+
+    async def take_all(self, keys: list[str], *, rate: float, burst: int, now: float) -> Take:
+        levels = []
+        wait = 0.0
+        for key in keys:
+            tokens, last = self._buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
+            if tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) / rate)
+            levels.append(tokens)
+        if wait:
+            return Take(False, wait)
+        for key, tokens in zip(keys, levels, strict=True):
+            self._buckets.pop(key, None)
+            self._buckets[key] = (tokens - 1.0, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return Take(True, 0.0)
 
 
 _TAKE = """
@@ -73,10 +95,51 @@ return {allowed, tostring(wait)}
 """
 
 
+# KEYS: one bucket per key. ARGV: rate, burst, now. All the tokens or none.
+_TAKE_ALL = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local levels = {}
+local wait = 0
+for i = 1, #KEYS do
+  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local last = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+  if tokens < 1 then
+    wait = math.max(wait, (1 - tokens) / rate)
+  end
+  levels[i] = tokens
+end
+if wait > 0 then
+  return {0, tostring(wait)}
+end
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], 't', tostring(levels[i] - 1), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+end
+return {1, '0'}
+"""
+
+
 class RedisRateLimiter:
     def __init__(self, client: Any, *, prefix: str) -> None:
         self._prefix = prefix
         self._script = client.register_script(_TAKE)
+        self._all = client.register_script(_TAKE_ALL)
+
+    async def take_all(self, keys: list[str], *, rate: float, burst: int, now: float) -> Take:
+        if not keys:
+            return Take(True, 0.0)
+        try:
+            allowed, wait = await self._all(
+                keys=[f"{self._prefix}rl:{key}" for key in keys],
+                args=[repr(rate), burst, repr(now)],
+            )
+        except RedisError as exc:
+            raise StateUnavailableError(f"redis: {exc}") from exc
+        return Take(bool(allowed), float(wait))
 
     async def take(
         self, key: str, *, rate: float, burst: int, now: float, cost: float = 1.0

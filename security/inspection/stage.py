@@ -3,18 +3,26 @@
 The rate limit needs the caller (stage 1) and must come before the body is
 parsed (the decode step), so it runs in a wrapper around the authorize stage,
 right before the policy decision: a client over its rate costs one bucket
-update, not a Cedar evaluation or a JSON parse. Query budgets count rows, so
-they need the decoded request and run first thing in stage 5.
+update, not a Cedar evaluation or a JSON parse (and so does the tenant's bucket,
+when the bundle sets one). Query budgets count rows and per-subject limits need
+the data subjects, so both need the decoded request and run first thing in stage 5.
+
+The data subject of a request is the user it ranks for (`RankQuery.user_id`, the
+`user_id` rows of an OIP request; the cold-start row 0 is nobody), not the token's
+`sub`: a service acting for many users is one client with many subjects. Subject
+keys are keyed hashes, so no user id reaches Redis.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from prometheus_client import Counter
 
 from gateway.errors import (
@@ -26,8 +34,8 @@ from gateway.errors import (
 )
 from gateway.pipeline import InferQuery, Principal, RankQuery, RequestContext, Stage
 from policies import PolicyReader
-from security.inspection.budget import Budgets
-from security.inspection.detector import Detector, Observation
+from security.inspection.budget import Budgets, Charge
+from security.inspection.detector import Detector, Histories, Observation
 from security.inspection.metrics import InspectionMetrics
 from security.inspection.ratelimit import RateLimiter
 from security.inspection.state import StateUnavailableError
@@ -39,13 +47,32 @@ Clock = Callable[[], float]
 
 def client_key(principal: Principal, *, per_subject: bool = False) -> str:
     """The client (tenant and client id); with `per_subject`, also the token's subject when
-    it names one besides the client. Rate limits and budgets are per client (a client
-    cannot multiply them by naming subjects); detector histories are per subject, so one
-    user's session is not mixed with another's behind the same service."""
+    it names one besides the client (whose strikes and cool-down: one user's session
+    behind a public client is not another's)."""
     key = f"{principal.tenant or '-'}/{principal.client_id}"
     if per_subject and principal.subject and principal.subject != principal.client_id:
         key += f"/{principal.subject}"
     return key
+
+
+def tenant_key(principal: Principal) -> str:
+    """Clients without a tenant share the tenant '-' (their limits still add up)."""
+    return principal.tenant or "-"
+
+
+def data_subjects(query: InferQuery | RankQuery) -> dict[str, int]:
+    """The request's data subjects and the rows scored for each (names, not yet hashed)."""
+    if isinstance(query, RankQuery):
+        return {"r:" + query.user_id: len(query.item_ids)}
+    users = query.feeds.get("user_id")
+    if users is None:
+        return {}
+    values, counts = np.unique(np.asarray(users).reshape(-1), return_counts=True)
+    return {
+        f"#{value}": int(count)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True)
+        if value != 0  # the cold-start row: nobody's
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +94,10 @@ class Verdict:
             "signals": list(o.signals),
             "rows": o.rows,
             "out_of_range": o.out_of_range,
+            "counted": o.counted,
             "near_duplicates": o.near_duplicates,
-            "off_manifold_permille": o.off_manifold_permille,
+            "off_store": o.off_store,
+            "versions": o.versions,
             "detector_us": self.detector_us,
         }
 
@@ -106,6 +135,16 @@ class RateLimitedAuthorize:
             refused=self._metrics.refusal("rate"),
             what="client rate limit",
         )
+        if rates.per_tenant is not None:
+            await enforce_rate(
+                self._limiter,
+                "tn:" + tenant_key(principal),
+                rate=rates.per_tenant.rps,
+                burst=rates.per_tenant.burst,
+                now=self._clock(),
+                refused=self._metrics.refusal("tenant_rate"),
+                what="tenant rate limit",
+            )
         return await self._inner(ctx)
 
 
@@ -139,12 +178,17 @@ class InspectStage:
         policy: PolicyReader,
         metrics: InspectionMetrics,
         clock: Clock,
+        *,
+        limiter: RateLimiter | None = None,
+        secret: bytes = b"",
     ) -> None:
         self._detector = detector
         self._budgets = budgets
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
+        self._limiter = limiter
+        self._secret = secret[:64]
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         try:
@@ -153,34 +197,69 @@ class InspectStage:
             # Fail closed: without its state the detector cannot vouch for the request.
             raise InspectionUnavailable(log_cause=str(exc)) from exc
 
+    def _subject_keys(self, principal: Principal, subjects: Mapping[str, int]) -> dict[str, int]:
+        """Per (client, subject) keys, the subject as a keyed hash (no user id in Redis)."""
+        prefix = client_key(principal)
+
+        def hashed(name: str) -> str:
+            return hashlib.blake2b(name.encode(), key=self._secret, digest_size=8).hexdigest()
+
+        return {f"{prefix}/{hashed(name)}": n for name, n in subjects.items()}
+
+    async def _limits(
+        self, principal: Principal, query: InferQuery | RankQuery, now: float
+    ) -> None:
+        """Per-subject rate limit, then every query budget that applies, all or nothing."""
+        data = self._policy.in_force().data
+        subjects = self._subject_keys(principal, data_subjects(query))
+        rate = data.rate_limits.per_subject
+        if rate is not None and self._limiter is not None and subjects:
+            take = await self._limiter.take_all(
+                ["sr:" + key for key in subjects], rate=rate.rps, burst=rate.burst, now=now
+            )
+            if not take.allowed:
+                self._metrics.refusal("subject_rate").inc()
+                raise TooManyRequests(take.retry_after_s, log_cause="subject rate limit")
+        budgets = data.query_budgets
+        rows = _rows(query)
+        charges = [
+            Charge("c:" + client_key(principal), rows, b.max_queries, b.window_seconds)
+            for b in budgets.for_client(principal.client_id)
+        ]
+        charges += [
+            Charge("t:" + tenant_key(principal), rows, b.max_queries, b.window_seconds)
+            for b in budgets.per_tenant
+        ]
+        charges += [
+            Charge("s:" + key, n, b.max_queries, b.window_seconds)
+            for key, n in subjects.items()
+            for b in budgets.per_subject
+        ]
+        if charges:
+            spent = await self._budgets.spend_all(charges, now=now)
+            if not spent.allowed:
+                self._metrics.refusal("budget").inc()
+                raise QueryBudgetExhausted(spent.retry_after_s, log_cause="query budget")
+
     async def _inspect(self, ctx: RequestContext) -> RequestContext:
         principal, query = ctx.principal, ctx.payload
         if principal is None or not isinstance(query, InferQuery | RankQuery):
             raise InternalError(log_cause="inspect stage without a decoded query")
-        data = self._policy.in_force().data
         now = self._clock()
-        key = client_key(principal)
-        rows = _rows(query)
-        budget = data.query_budgets.get(principal.client_id) or data.query_budgets.get("default")
-        if budget is not None:
-            spent = await self._budgets.spend(
-                key, rows, limit=budget.max_queries, window_s=budget.window_seconds, now=now
-            )
-            if not spent.allowed:
-                self._metrics.refusal("budget").inc()
-                raise QueryBudgetExhausted(spent.retry_after_s, log_cause="query budget")
+        await self._limits(principal, query, now)
         if self._detector is None:
             return ctx
-        policy = data.detection
+        policy = self._policy.in_force().data.detection
         key = client_key(principal, per_subject=True)
         started = time.perf_counter()
-        if isinstance(query, InferQuery):
+        if isinstance(query, InferQuery) and self._chosen_features(query):
+            histories = Histories(client=client_key(principal), tenant=tenant_key(principal))
             observation = await self._detector.observe(
-                key, query.feeds, now, policy, ctx.request_id
+                key, query.feeds, now, policy, ctx.request_id, histories=histories
             )
         else:
-            # /v1/rank takes no feature values from the client (ids and context are
-            # validated by decode and the feature store): only the cool-down applies.
+            # No feature value the client chose (/v1/rank, OIP by ids: the store fills
+            # the features): nothing to perturb, only the cool-down applies.
             observation = await self._detector.cooldown_only(key, now, policy)
         elapsed = time.perf_counter() - started
         self._metrics.detector_seconds.observe(elapsed)
@@ -213,6 +292,12 @@ class InspectStage:
             wait = max(observation.cooldown_until - now, float(policy.throttle_seconds))
             raise TooManyRequests(wait, log_cause="inspection throttle", inspection=record)
         return ctx.evolve(inspection=verdict)
+
+    def _chosen_features(self, query: InferQuery) -> bool:
+        """Whether the client chose any feature value (None: raw tensors, all of them)."""
+        if query.client_inputs is None or self._detector is None:
+            return True
+        return any(name in query.client_inputs for name in self._detector.fingerprinter.features)
 
 
 def _rows(query: InferQuery | RankQuery) -> int:

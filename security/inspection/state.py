@@ -1,17 +1,17 @@
-"""Per-client detector state: in process (bounded, expiring) or in Redis (shared by replicas).
+"""Detector state: in process (bounded) or in Redis (shared by replicas).
 
-Both stores answer the same two calls:
+Both stores answer the same calls:
 
-- `exchange(key, records, ...)`: the client's unexpired history and cool-down
-  deadline, and append the new records, in one atomic step (a Lua script in
-  Redis), so concurrent requests of one client all see each other;
+- `add(cells, ...)`: count events in the decayed count-min sketch that holds every
+  history (client, tenant, subject: see `sketch`), and read the counts back, in one
+  atomic step (a Lua script in Redis), so concurrent requests all see each other;
+- `cooldown(key, now)`: the key's cool-down deadline;
 - `strike(key, ...)`: count one detection; start a cool-down after `after`
   detections within the window.
 
-Memory in process is bounded twice: at most `history` records per client (a
-fixed ring of 29-byte records) and at most `max_clients` clients (least recently
-seen evicted first; clients idle for a whole window are dropped as they are met).
-10 000 clients with full 128-record histories take about 40 MB (see the tests).
+Memory in process is fixed: the sketch (4 MB) plus, for strikes and cool-downs, at
+most `max_clients` keys (least recently seen evicted first; keys idle for a whole
+window and not cooling down are dropped as they are met).
 """
 
 from __future__ import annotations
@@ -24,20 +24,29 @@ from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
 from gateway.telemetry import span
-from security.inspection.fingerprint import RECORD
+from security.inspection.sketch import (
+    MemorySketch,
+    RedisSketch,
+    StateUnavailableError,
+)
 
-DEFAULT_HISTORY = 128
-
-
-class StateUnavailableError(Exception):
-    """The shared store (Redis) did not answer; the stage refuses the request."""
+__all__ = ["DetectorState", "MemoryState", "RedisState", "StateUnavailableError"]
 
 
 class DetectorState(Protocol):
-    async def exchange(
-        self, key: str, records: NDArray[np.void], *, now: float, history: int, window_s: int
-    ) -> tuple[NDArray[np.void], float]:
-        """(unexpired previous records, cool-down deadline); `records` appended after."""
+    async def add(
+        self,
+        cells: NDArray[np.int64],
+        *,
+        now: float,
+        tau: float,
+        events: NDArray[Any] | None = None,
+    ) -> NDArray[np.float64]:
+        """Count events in the listed cells, then each cell's decayed count (see `sketch`)."""
+        ...
+
+    async def cooldown(self, key: str, *, now: float) -> float:
+        """The key's cool-down deadline (0 when none)."""
         ...
 
     async def strike(
@@ -49,108 +58,65 @@ class DetectorState(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _Client:
-    __slots__ = ("cooldown_until", "count", "head", "last_seen", "ring", "strikes")
+class _Strikes:
+    __slots__ = ("cooldown_until", "last_seen", "times")
 
-    def __init__(self, history: int) -> None:
-        self.ring = np.zeros(history, dtype=RECORD)
-        self.head = 0  # next slot to write
-        self.count = 0
-        self.last_seen = 0.0
-        self.strikes: deque[float] = deque()
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
         self.cooldown_until = 0.0
-
-    def resize(self, history: int) -> None:
-        kept = self.records()[-history:]
-        self.ring = np.zeros(history, dtype=RECORD)
-        self.ring[: len(kept)] = kept
-        self.count = len(kept)
-        self.head = self.count % history
-
-    def records(self) -> NDArray[np.void]:
-        if self.count < len(self.ring):
-            return self.ring[: self.count].copy()
-        return np.concatenate([self.ring[self.head :], self.ring[: self.head]])
-
-    def append(self, records: NDArray[np.void]) -> None:
-        size = len(self.ring)
-        records = records[-size:]
-        n = len(records)
-        first = min(n, size - self.head)
-        self.ring[self.head : self.head + first] = records[:first]
-        self.ring[: n - first] = records[first:]
-        self.head = (self.head + n) % size
-        self.count = min(size, self.count + n)
+        self.last_seen = 0.0
 
 
 class MemoryState:
     """In-process store: the default for one replica."""
 
-    def __init__(self, *, max_clients: int = 10_000) -> None:
-        self._clients: OrderedDict[str, _Client] = OrderedDict()
+    def __init__(self, *, max_clients: int = 10_000, sketch: MemorySketch | None = None) -> None:
+        self._keys: OrderedDict[str, _Strikes] = OrderedDict()
         self._max = max_clients
+        self.sketch = sketch if sketch is not None else MemorySketch()
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._keys)
 
-    def _client(self, key: str, now: float, history: int | None, window_s: int) -> _Client:
-        client = self._clients.get(key)
-        if client is not None:
-            self._clients.move_to_end(key)
-        # Drop clients idle for a whole window (and not cooling down) from the cold end.
-        while self._clients:
-            oldest_key, oldest = next(iter(self._clients.items()))
-            if oldest_key == key or (
-                oldest.last_seen >= now - window_s or oldest.cooldown_until > now
-            ):
-                break
-            del self._clients[oldest_key]
-        if client is None:
-            while len(self._clients) >= self._max:
-                self._clients.popitem(last=False)
-            client = self._clients[key] = _Client(history or DEFAULT_HISTORY)
-        elif history is not None and len(client.ring) != history:
-            client.resize(history)
-        client.last_seen = now
-        return client
+    async def add(
+        self,
+        cells: NDArray[np.int64],
+        *,
+        now: float,
+        tau: float,
+        events: NDArray[Any] | None = None,
+    ) -> NDArray[np.float64]:
+        return await self.sketch.add(cells, now=now, tau=tau, events=events)
 
-    async def exchange(
-        self, key: str, records: NDArray[np.void], *, now: float, history: int, window_s: int
-    ) -> tuple[NDArray[np.void], float]:
-        client = self._client(key, now, history, window_s)
-        previous = client.records()
-        previous = previous[previous["ts"] >= int(now) - window_s]
-        if len(records):
-            client.append(records)
-        return previous, client.cooldown_until
+    async def cooldown(self, key: str, *, now: float) -> float:
+        found = self._keys.get(key)
+        return found.cooldown_until if found is not None else 0.0
 
     async def strike(
         self, key: str, *, now: float, window_s: int, after: int, cooldown_s: int, member: str
     ) -> tuple[int, float]:
-        client = self._client(key, now, None, window_s)
-        strikes = client.strikes
-        strikes.append(now)
-        while strikes and (strikes[0] < now - window_s or len(strikes) > after):
-            strikes.popleft()
-        if len(strikes) >= after and cooldown_s > 0:
-            client.cooldown_until = max(client.cooldown_until, now + cooldown_s)
-        return len(strikes), client.cooldown_until
+        entry = self._keys.pop(key, None) or _Strikes()
+        # Drop keys idle for a whole window (and not cooling down) from the cold end.
+        while self._keys:
+            oldest = next(iter(self._keys.values()))
+            if oldest.last_seen >= now - window_s or oldest.cooldown_until > now:
+                break
+            self._keys.popitem(last=False)
+        while len(self._keys) >= self._max:
+            self._keys.popitem(last=False)
+        self._keys[key] = entry
+        entry.last_seen = now
+        times = entry.times
+        times.append(now)
+        while times and (times[0] < now - window_s or len(times) > after):
+            times.popleft()
+        if len(times) >= after and cooldown_s > 0:
+            entry.cooldown_until = max(entry.cooldown_until, now + cooldown_s)
+        return len(times), entry.cooldown_until
 
     async def aclose(self) -> None:
         return None
 
-
-# KEYS: history list, cool-down key. ARGV: history, window ms, records...
-_EXCHANGE = """
-local old = redis.call('LRANGE', KEYS[1], 0, -1)
-local cd = redis.call('GET', KEYS[2]) or '0'
-if #ARGV > 2 then
-  redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
-  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {cd, old}
-"""
 
 # KEYS: strikes zset, cool-down key. ARGV: now, window s, after, cool-down s, member.
 _STRIKE = """
@@ -172,32 +138,34 @@ return {n, tostring(cd)}
 
 
 class RedisState:
-    """Shared store for several replicas; every call is one atomic script."""
+    """Shared store for several replicas; every call is one atomic step."""
 
     def __init__(self, client: Any, *, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._exchange = client.register_script(_EXCHANGE)
         self._strike = client.register_script(_STRIKE)
+        self.sketch = RedisSketch(client, prefix=prefix)
 
     def _keys(self, key: str, *kinds: str) -> list[str]:
         return [f"{self._prefix}insp:{kind}:{key}" for kind in kinds]
 
-    async def exchange(
-        self, key: str, records: NDArray[np.void], *, now: float, history: int, window_s: int
-    ) -> tuple[NDArray[np.void], float]:
-        blobs = [r.tobytes() for r in records[-history:]]
+    async def add(
+        self,
+        cells: NDArray[np.int64],
+        *,
+        now: float,
+        tau: float,
+        events: NDArray[Any] | None = None,
+    ) -> NDArray[np.float64]:
+        return await self.sketch.add(cells, now=now, tau=tau, events=events)
+
+    async def cooldown(self, key: str, *, now: float) -> float:
         try:
-            with span("redis.exchange"):
-                cd, old = await self._exchange(
-                    keys=self._keys(key, "h", "cd"), args=[history, window_s * 1000, *blobs]
-                )
+            with span("redis.cooldown"):
+                value = await self._redis.get(self._keys(key, "cd")[0])
         except RedisError as exc:
             raise StateUnavailableError(f"redis: {exc}") from exc
-        raw = b"".join(item for item in old if len(item) == RECORD.itemsize)
-        previous = np.frombuffer(raw, dtype=RECORD)
-        previous = previous[previous["ts"] >= int(now) - window_s]
-        return previous, float(cd)
+        return float(value) if value is not None else 0.0
 
     async def strike(
         self, key: str, *, now: float, window_s: int, after: int, cooldown_s: int, member: str

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateway.derivation import Purpose
 from gateway.errors import ConfigurationError
-from gateway.pipeline import InspectionView, Stage
+from gateway.pipeline import InferQuery, InspectionView, RankQuery, Stage
 from gateway.settings import Settings
 from models import load_arrays
 from policies import PolicyReader
@@ -19,6 +21,7 @@ from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
 from security.inspection.detector import Detector
 from security.inspection.fingerprint import Fingerprinter
 from security.inspection.metrics import InspectionMetrics
+from security.inspection.perturb import ScorePerturber
 from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from security.inspection.stage import InspectStage, RateLimitedAuthorize, enforce_rate
 from security.inspection.state import DetectorState, MemoryState, RedisState
@@ -48,12 +51,37 @@ class Inspection:
     clock: Clock
     expose_verdict: bool
     redis: Any = None
+    secret: bytes = b""
+    perturber: ScorePerturber | None = None
 
     def authorize(self, inner: Stage) -> Stage:
         return RateLimitedAuthorize(inner, self.limiter, self.policy, self.metrics, self.clock)
 
     def stage(self) -> InspectStage:
-        return InspectStage(self.detector, self.budgets, self.policy, self.metrics, self.clock)
+        return InspectStage(
+            self.detector,
+            self.budgets,
+            self.policy,
+            self.metrics,
+            self.clock,
+            limiter=self.limiter,
+            secret=self.secret,
+        )
+
+    def perturb(self, query: RankQuery | InferQuery, scores: Any) -> Any:
+        """Stage 7's hook: the served scores with the bundle's keyed perturbation
+        (`detection.perturbation`; unchanged when off). Call it on a model's score output
+        before output hardening (rounding, ranks): the ranking within the request is kept.
+        /v1/rank: `scores` aligned with `query.item_ids`; OIP: one score per row."""
+        rules = self.policy.in_force().data.detection.perturbation
+        if not rules.enabled or self.perturber is None:
+            return scores
+        values = np.asarray(scores)
+        if isinstance(query, RankQuery):
+            keys = self.perturber.id_keys(query.user_id, query.item_ids)
+        else:
+            keys = self.perturber.row_keys(query.feeds, values.size)
+        return self.perturber.apply(values, keys, rules.max_offset)
 
     async def limit_token_endpoint(self, source: str) -> None:
         """/oauth/token per source address, before the body is read or a secret hashed."""
@@ -172,4 +200,6 @@ def build_inspection(
         clock=clock,
         expose_verdict=cfg.expose_verdict,
         redis=redis,
+        secret=settings.derived_keys[Purpose.INSPECTION],
+        perturber=ScorePerturber(settings.derived_keys[Purpose.INSPECTION]),
     )

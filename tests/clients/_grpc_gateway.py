@@ -47,6 +47,9 @@ class GrpcGateway:
     feeds: dict[str, np.ndarray]
     # What onnxruntime scores for `feeds`, rounded as the default bundle's output policy says.
     expected: list[float]
+    # The id path (feature provenance): what onnxruntime scores for `IDS` from the store,
+    # without personalisation (no consent signal for the user in a fresh data directory).
+    ids_expected: list[float]
 
     def spec(self) -> dict[str, Any]:
         """What a runner script reads on stdin."""
@@ -86,7 +89,22 @@ def _spec(
         },
         # Past the message limit once the tensor is on the wire.
         "oversize_elements": settings.limits.max_body_bytes // 4 + 1024,
+        "ids": ids_of(settings),
     }
+
+
+def ids_of(settings: Settings) -> dict[str, Any]:
+    """An id-path request: one user, four catalogue items (strings, sent as BYTES)."""
+    store = FeatureStore.load(settings.resolve(settings.model.features_path))
+    return {"user_id": "u3", "item_ids": list(store.item_ids[10:14])}
+
+
+def ids_expected(settings: Settings) -> list[float]:
+    """What the id path answers for `ids_of` without consent: the store's cold-start row."""
+    store = FeatureStore.load(settings.resolve(settings.model.features_path))
+    feeds = store.inputs_for("", ids_of(settings)["item_ids"])
+    (scores,) = session_from_bytes(demo_model_bytes()).run(["score"], feeds)
+    return np.round(np.asarray(scores).reshape(-1), 3).tolist()
 
 
 def demo_feeds(settings: Settings) -> tuple[dict[str, np.ndarray], list[float]]:
@@ -146,7 +164,9 @@ def _tokens(settings: Settings) -> dict[str, str]:
     )
     now = int(time.time())
     return {
-        "good": mint("demo", ("infer",)),
+        # Raw tensors (every model input) need the trusted scope; `ids` is a default client's.
+        "good": mint("demo", ("infer", "infer:raw")),
+        "ids": mint("demo", ("infer",)),
         "rank_only": mint("demo", ("rank",)),
         "auditor": mint("operator", ("audit:read",)),
         # The issuer's kid, another key: the signature cannot verify.
@@ -174,6 +194,7 @@ def grpc_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcGatewa
             tokens=_tokens(settings),
             feeds=feeds,
             expected=expected,
+            ids_expected=ids_expected(settings),
         )
 
 

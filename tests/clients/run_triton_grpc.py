@@ -193,6 +193,29 @@ def main() -> None:
             and None
         )
     )
+    # Feature provenance: a default client's token sends string ids as BYTES; the server
+    # fills the features. Sending the features themselves is refused without infer:raw.
+    ids = spec["ids"]
+    id_tensors = {
+        "user_id": np.array([ids["user_id"].encode()], dtype=np.object_),
+        "item_id": np.array([i.encode() for i in ids["item_ids"]], dtype=np.object_),
+    }
+    out["ids_metadata"] = outcome(
+        lambda: client.get_model_metadata(model, headers=bearer(tokens["ids"]), as_json=True)
+    )
+    out["ids_infer"] = outcome(lambda: infer(tokens["ids"], tensors=id_tensors, request_id="ids-1"))
+    forged = {**id_tensors, "user_features": feeds["user_features"] + np.float32(0.3)}
+    out["ids_with_features"] = outcome(lambda: infer(tokens["ids"], tensors=forged))
+    out["raw_without_scope"] = outcome(lambda: infer(tokens["ids"]))
+
+    def typed_ids() -> service_pb2.ModelInferRequest:
+        request = service_pb2.ModelInferRequest(model_name=model, id="typed-ids")
+        for name, array in id_tensors.items():
+            item = request.inputs.add(name=name, datatype="BYTES", shape=array.shape)
+            item.contents.bytes_contents.extend(array.tolist())
+        return request
+
+    out["ids_typed"] = outcome(lambda: typed(tokens["ids"], typed_ids()))
     client.close()
     channel.close()
     json.dump(out, sys.stdout)

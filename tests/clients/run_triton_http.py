@@ -84,8 +84,50 @@ def main() -> None:
 
         return call
 
+    # Feature provenance: string ids as BYTES with a default client's token.
+    ids = spec["ids"]
+    id_arrays = {
+        "user_id": np.array([ids["user_id"].encode()], dtype=np.object_),
+        "item_id": np.array([i.encode() for i in ids["item_ids"]], dtype=np.object_),
+    }
+
+    def infer_ids(
+        tensors: dict[str, np.ndarray], *, binary: bool, scope: str = "ids"
+    ) -> Callable[[], Any]:
+        def call() -> Any:
+            made = []
+            for name, array in tensors.items():
+                datatype = "BYTES" if array.dtype == np.object_ else NUMPY_NAMES[array.dtype.type]
+                item = httpclient.InferInput(name, list(array.shape), datatype)
+                item.set_data_from_numpy(array, binary_data=binary)
+                made.append(item)
+            result = client.infer(model, made, headers=auth(scope))
+            return {"response": result.get_response(), "score": result.as_numpy("score").tolist()}
+
+        return call
+
+    def from_metadata() -> Any:
+        # What a stock client does with no prior knowledge: build the request from metadata.
+        meta = client.get_model_metadata(model, headers=auth("ids"))
+        values = {"user_id": [ids["user_id"]], "item_id": ids["item_ids"]}
+        made = []
+        for described in meta["inputs"]:
+            array = np.array([v.encode() for v in values[described["name"]]], dtype=np.object_)
+            name, datatype = described["name"], described["datatype"]
+            item = httpclient.InferInput(name, list(array.shape), datatype)
+            item.set_data_from_numpy(array)
+            made.append(item)
+        result = client.infer(model, made, headers=auth("ids"))
+        return {"response": result.get_response(), "score": result.as_numpy("score").tolist()}
+
+    forged = {**id_arrays, "user_features": arrays["user_features"] + np.float32(0.3)}
     score = httpclient.InferRequestedOutput
     report = {
+        "ids_json": step(infer_ids(id_arrays, binary=False)),
+        "ids_binary": step(infer_ids(id_arrays, binary=True)),
+        "ids_from_metadata": step(from_metadata),
+        "ids_with_features": step(infer_ids(forged, binary=True)),
+        "raw_without_scope": step(infer_ids(arrays, binary=True)),
         "server_metadata": step(lambda: client.get_server_metadata()),
         "live": step(lambda: client.is_server_live()),
         "ready": step(lambda: client.is_server_ready()),

@@ -40,7 +40,7 @@ def _token(settings: Settings, **claims: Any) -> str:
         "aud": settings.issuer.audience,
         "sub": "demo",
         "client_id": "demo",
-        "scope": "infer",
+        "scope": "infer infer:raw",  # the runner sends raw tensors
         "iat": now,
         "nbf": now,
         "exp": now + 300,

@@ -37,7 +37,8 @@ def test_inference_matches_onnxruntime(report: dict[str, Any], step: str) -> Non
     assert result["datatype"] == "FP32"
     assert result["shape"] == [4]
     assert result["score_dtype"] == "float32"
-    np.testing.assert_allclose(result["score"], report["expected"], rtol=1e-6, atol=1e-7)
+    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
+    np.testing.assert_allclose(result["score"], report["expected"], rtol=0, atol=0.005)
     # Binary outputs were asked for (per output, or for all) exactly in these two steps.
     assert result["binary_response"] is (step in ("binary_in_binary_out", "json_in_binary_out_all"))
 

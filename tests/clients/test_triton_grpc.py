@@ -41,7 +41,13 @@ def test_model_methods_need_a_token(report: dict[str, Any]) -> None:
     session = session_from_bytes(demo_model_bytes())
     assert meta["name"] == MODEL
     assert meta["versions"] == ["1"]
-    assert [i["name"] for i in meta["inputs"]] == [i.name for i in session.get_inputs()]
+    # What a client sends (the default bundle's declaration), not the ONNX signature.
+    assert [i.name for i in session.get_inputs()][:2] == ["user_id", "item_id"]
+    assert meta["inputs"] == [
+        {"name": "user_id", "datatype": "BYTES", "shape": ["1"]},
+        {"name": "item_id", "datatype": "BYTES", "shape": ["-1"]},
+    ]
+    assert ok(report, "ids_metadata") == meta
     assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": ["-1"]}]
     refused(report, "model_metadata_other", "NOT_FOUND")
 
@@ -52,7 +58,26 @@ def test_infer_matches_onnxruntime(
 ) -> None:
     result = ok(report, check)
     assert list(result["shape"]) == [4]
-    np.testing.assert_allclose(result["score"], grpc_served.expected, rtol=1e-6)
+    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
+    np.testing.assert_allclose(result["score"], grpc_served.expected, rtol=0, atol=0.005)
+
+
+@pytest.mark.parametrize("check", ["ids_infer", "ids_typed"])
+def test_bytes_ids_are_ranked_from_the_feature_store(
+    report: dict[str, Any], grpc_served: GrpcGateway, check: str
+) -> None:
+    result = ok(report, check)
+    assert list(result["shape"]) == [4]
+    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
+    np.testing.assert_allclose(result["score"], grpc_served.ids_expected, rtol=0, atol=0.005)
+    assert result["id"] == {"ids_infer": "ids-1", "ids_typed": "typed-ids"}[check]
+
+
+@pytest.mark.parametrize("check", ["ids_with_features", "raw_without_scope"])
+def test_features_are_refused_without_the_raw_scope(report: dict[str, Any], check: str) -> None:
+    refusal = refused(report, check, "INVALID_ARGUMENT")
+    assert "provided by the server" in refusal["message"]
+    assert "user_features" in refusal["message"]
 
 
 def test_infer_echoes_the_request_id(report: dict[str, Any]) -> None:

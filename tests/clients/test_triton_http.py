@@ -20,6 +20,8 @@ from models.ort import session_from_bytes
 from tests.clients._gateway import RunningGateway, run_client
 
 MODEL = "demo-ranker"
+# The id path's request (feature provenance), the candidates of `demo_feeds` by their ids.
+ID_ITEMS = ["i11", "i12", "i13", "i14"]
 OIP_TYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 
 
@@ -28,7 +30,14 @@ def client_spec(gateway: RunningGateway, feeds: dict[str, np.ndarray]) -> dict[s
         "host_port": gateway.host_port,
         "url": gateway.http_url,
         "model": MODEL,
-        "tokens": {scope: gateway.token((scope,)) for scope in ("infer", "rank", "admin")},
+        "tokens": {
+            # `inputs` are raw tensors: the trusted scope; `ids` is a default client's token.
+            "infer": gateway.token(("infer", "infer:raw")),
+            "ids": gateway.token(("infer",)),
+            "rank": gateway.token(("rank",)),
+            "admin": gateway.token(("admin",)),
+        },
+        "ids": {"user_id": "u3", "item_ids": ID_ITEMS},
         "inputs": [
             {
                 "name": name,
@@ -55,10 +64,22 @@ def report(gateway: RunningGateway) -> dict[str, Any]:
     feeds, expected = demo_feeds(gateway)
     found = run_client("run_triton_http.py", client_spec(gateway, feeds))
     found["expected"] = expected.tolist()
+    found["ids_expected"] = ids_expected(gateway).tolist()
     # Scraped right after the client's last call (none of those after the statistics ran
     # the model): the oracle for what the statistics say the model did.
     found["metrics"] = scrape(gateway.http_url)
     return found
+
+
+def ids_expected(gateway: RunningGateway) -> np.ndarray:
+    """The id path's scores for ID_ITEMS: the store's rows, the cold-start user (no consent)."""
+    settings = gateway.settings
+    store = FeatureStore.load(settings.resolve(settings.model.features_path))
+    assert list(store.item_ids[10:14]) == ID_ITEMS
+    (expected,) = session_from_bytes(demo_model_bytes()).run(
+        ["score"], store.inputs_for("", ID_ITEMS)
+    )
+    return np.round(np.asarray(expected).reshape(-1), 3)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -90,7 +111,29 @@ def test_server_and_model_endpoints(report: dict[str, Any]) -> None:
     assert ok(report, "live") is True
     assert ok(report, "ready") is True
     assert ok(report, "model_ready") is True
-    assert ok(report, "model_metadata")["name"] == MODEL
+    meta = ok(report, "model_metadata")
+    assert meta["name"] == MODEL
+    # What a client sends under the default bundle: string ids, no features.
+    assert meta["inputs"] == [
+        {"name": "user_id", "datatype": "BYTES", "shape": [1]},
+        {"name": "item_id", "datatype": "BYTES", "shape": [-1]},
+    ]
+
+
+@pytest.mark.parametrize("step", ["ids_json", "ids_binary", "ids_from_metadata"])
+def test_bytes_ids_are_ranked_from_the_feature_store(report: dict[str, Any], step: str) -> None:
+    result = ok(report, step)
+    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
+    np.testing.assert_allclose(result["score"], report["ids_expected"], rtol=0, atol=0.005)
+    assert result["response"]["outputs"][0]["shape"] == [4]
+
+
+@pytest.mark.parametrize("step", ["ids_with_features", "raw_without_scope"])
+def test_features_are_refused_without_the_raw_scope(report: dict[str, Any], step: str) -> None:
+    error = refused(report, step)
+    assert error["status"] == "400"
+    assert "provided by the server" in error["message"]
+    assert "user_features" in error["message"]
 
 
 @pytest.mark.parametrize(
@@ -100,7 +143,8 @@ def test_server_and_model_endpoints(report: dict[str, Any]) -> None:
 def test_inference_matches_onnxruntime_on_every_encoding(report: dict[str, Any], step: str) -> None:
     result = ok(report, step)
     assert result["score_dtype"] == "float32"
-    np.testing.assert_allclose(result["score"], report["expected"], rtol=1e-6, atol=1e-7)
+    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
+    np.testing.assert_allclose(result["score"], report["expected"], rtol=0, atol=0.005)
     (output,) = result["response"]["outputs"]
     assert output["name"] == "score"
     assert output["shape"] == [4]
@@ -173,7 +217,11 @@ def test_model_config_and_repository_index(report: dict[str, Any]) -> None:
     config = ok(report, "config")
     assert config["name"] == MODEL
     assert config["platform"] == "onnxruntime_onnx"
-    assert {i["data_type"] for i in config["input"]} == {"TYPE_INT64", "TYPE_FP32"}
+    # Triton's configuration shows what a client sends, as the metadata does.
+    assert config["input"] == [
+        {"name": "user_id", "data_type": "TYPE_STRING", "dims": [1]},
+        {"name": "item_id", "data_type": "TYPE_STRING", "dims": [-1]},
+    ]
     assert config["output"] == [{"name": "score", "data_type": "TYPE_FP32", "dims": [-1]}]
     index = ok(report, "repository_index")
     assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index

@@ -173,7 +173,7 @@ def test_policy_commands(initialised: InitReport, tmp_path: Path) -> None:
     pubkey = (initialised.data_dir / "keys" / "policy-signing.pub").read_text().strip()
     lint = run("policy", "lint", str(bundle))
     assert lint.returncode == 0, lint.stderr
-    assert "39 test cases, signed" in lint.stdout
+    assert "41 test cases, signed" in lint.stdout
     assert run("policy", "test", str(bundle)).returncode == 0
     assert run("policy", "verify", str(bundle), "--pubkey", pubkey).returncode == 0
 
@@ -194,7 +194,7 @@ def test_policy_commands(initialised: InitReport, tmp_path: Path) -> None:
     assert failing.returncode == 1
     # The failure names the case, where it is, and what decided instead.
     assert "tests/scopes.yaml:3: rank with rank: expected allow by [scope-rank]" in failing.stderr
-    assert "46/48 passed" in failing.stderr
+    assert "48/50 passed" in failing.stderr
     diff = run("policy", "diff", str(bundle), str(changed))
     assert diff.returncode == 0
     assert "0 of" not in diff.stdout  # some sampled decisions change

@@ -123,7 +123,9 @@ def test_statistics_move_with_inference(
     assert after["executions"] == before["executions"]
     assert after["rows"] == before["rows"]
     answered = client.post(
-        "/v2/models/demo-ranker/infer", json={"inputs": tensors(feeds)}, headers=auth()
+        "/v2/models/demo-ranker/infer",
+        json={"inputs": tensors(feeds)},
+        headers=auth(("infer", "infer:raw")),  # raw tensors: the trusted scope
     )
     assert answered.status_code == 200, answered.text
     ran = stats()

@@ -25,7 +25,8 @@ MODEL = ModelRef(name="demo-ranker", version="1", digest="0" * 64)
 
 
 def stage() -> InferDecodeStage:
-    return InferDecodeStage(INPUTS, OUTPUTS, max_rows=10, model=MODEL)
+    # No provenance: the signature check alone (every request is raw tensors).
+    return InferDecodeStage(INPUTS, OUTPUTS, max_rows=10, model=MODEL, provenance=None)
 
 
 def wire(**changes: Any) -> WireInferRequest:

@@ -94,5 +94,10 @@ def test_missing_config_file() -> None:
         load_settings(config_file=Path("/nonexistent/gw.toml"))
 
 
-def test_issuer_url_follows_listen_address() -> None:
-    assert Settings(dev_mode=True, port=9999).issuer_url == "http://127.0.0.1:9999"
+def test_issuer_url_is_configuration_not_the_listen_address() -> None:
+    # Replicas on other ports or hosts that share a config must agree on the issuer.
+    default = Settings(dev_mode=True).issuer_url
+    assert default == "http://127.0.0.1:8080"
+    assert Settings(dev_mode=True, host="0.0.0.0", port=9999).issuer_url == default  # noqa: S104
+    configured = Settings(dev_mode=True, port=9999, issuer={"issuer_url": "https://gw.example"})
+    assert configured.issuer_url == "https://gw.example"

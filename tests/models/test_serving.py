@@ -22,6 +22,7 @@ from gateway.errors import ConfigurationError
 from models.demo import model_bytes
 from models.signing import create_signing_key, sign_package
 from policies.data_policy import ModelSigner
+from security.inspection.budget import Charge
 from tests.models.conftest import Box, flip_bit
 
 RANK = {"user_id": "u7", "item_ids": ["i1", "i7", "i19", "i250"]}
@@ -77,7 +78,9 @@ def test_a_model_hot_loaded_after_a_refused_start_is_inspected(box: Box) -> None
         body = {
             "inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in tensors]
         }
-        infer = client.post("/v2/models/demo-ranker/infer", json=body, headers=box.headers("demo"))
+        # Raw tensors (every model input): the trusted scope.
+        raw = {"Authorization": f"Bearer {box.token('demo', ('infer', 'infer:raw'))}"}
+        infer = client.post("/v2/models/demo-ranker/infer", json=body, headers=raw)
         assert infer.status_code == 200, infer.text
         audit = client.app.state.components.audit.store
         record = parse(audit.leaf(audit.index_of(infer.headers["x-request-id"])).payload)
@@ -166,7 +169,9 @@ def test_a_hot_swap_keeps_every_clients_stage_5_state(box: Box) -> None:
         rank(client, box)
         assert client.app.state.components.inspection is inspection
         spent = asyncio.run(
-            inspection.budgets.spend("-/demo", 0, limit=10**9, window_s=3600, now=time.time())
+            inspection.budgets.spend_all(
+                [Charge("c:-/demo", 0, limit=10**9, window_s=3600)], now=time.time()
+            )
         )
         assert spent.used == 2 * len(RANK["item_ids"])
         assert client.get("/metrics").status_code == 200

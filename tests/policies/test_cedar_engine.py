@@ -16,6 +16,7 @@ from tests.policies.conftest import EditBundle
 RESOURCES = {
     "rank": ("Model", "demo-ranker"),
     "infer": ("Model", "demo-ranker"),
+    "infer.raw": ("Model", "demo-ranker"),
     "model.read": ("Model", "demo-ranker"),
     "events": ("Model", "demo-ranker"),
     "audit.read": ("AuditLog", "log"),
@@ -129,6 +130,7 @@ def test_policy_ids_are_the_id_annotations(default_bundle: PolicyBundle) -> None
     assert default_bundle.engine.policy_ids == (
         "scope-rank",
         "scope-infer",
+        "scope-infer-raw",
         "scope-model-read",
         "scope-events",
         "scope-audit-read",

@@ -528,10 +528,7 @@ def exercise_grpc(target: str, mint: Callable[..., str], feeds: dict[str, Any]) 
         valid = infer("valid")
         for name, array in feeds.items():
             tensor = valid.inputs.add(name=name, datatype=array["datatype"], shape=array["shape"])
-            if array["datatype"] == "INT64":
-                tensor.contents.int64_contents.extend(array["data"])
-            else:
-                tensor.contents.fp32_contents.extend(array["data"])
+            tensor.contents.bytes_contents.extend(v.encode() for v in array["data"])
         call(stub.ModelInfer, valid, demo, "valid")
         bad = infer("bad tensors")
         bad.inputs.add(name=ascii_canary("grpc input name"), datatype="BYTES", shape=[1])
@@ -558,15 +555,13 @@ def test_no_client_value_in_any_log_line(
     caplog.set_level(logging.DEBUG)
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     items = list(store.item_ids[:10])
-    dtypes = {"int64": "INT64", "float32": "FP32"}
+    # OIP's id path (feature provenance), as a default client sends it: the user id a canary
+    # (registered by hand: drawing it would shift every later canary's serial and shape).
+    user = "Xanthippe Vorobyeva-cnryuser"
+    CANARIES[user] = CANARIES["cnryuser"] = "oip user id"
     tensors = [
-        {
-            "name": name,
-            "shape": list(array.shape),
-            "datatype": dtypes[str(array.dtype)],
-            "data": array.reshape(-1).tolist(),
-        }
-        for name, array in store.inputs_for("u3", items[:4]).items()
+        {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": [user]},
+        {"name": "item_id", "shape": [4], "datatype": "BYTES", "data": items[:4]},
     ]
 
     def secret(client_id: str) -> str:

@@ -184,8 +184,10 @@ def test_issuer_url_follows_the_scheme(
 ) -> None:
     server = pki["server"]
     tls = {"cert_file": str(server.cert_path), "key_file": str(server.key_path)}
-    assert make_settings(port=8443, tls=tls).issuer_url == "https://127.0.0.1:8443"
-    assert make_settings(port=8080).issuer_url == "http://127.0.0.1:8080"
+    # The scheme follows TLS (shared configuration); the port is the default listen
+    # address's, never this process's own (replicas sharing a config agree).
+    assert make_settings(port=8443, tls=tls).issuer_url == "https://127.0.0.1:8080"
+    assert make_settings(port=8443).issuer_url == "http://127.0.0.1:8080"
 
 
 def test_requests_oauthlib_fetches_a_token_over_tls(

@@ -18,8 +18,13 @@ from tests.security.inspection.conftest import signed_bundle
 
 JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/demo-ranker/infer"
-THRESHOLDS = "  thresholds: {out_of_range: 0.0, query_similarity: 0.9, extraction_rate: 0.8}\n"
+THRESHOLDS = (
+    "  thresholds: {out_of_range: 0.0, query_similarity: 0.85, near_duplicates: 8, "
+    "store_radius: 0.12, versions: 24, off_manifold: 0.9, off_store_rows: 32}\n"
+)
 DETECTION = f"detection:\n{THRESHOLDS}  action: flag\n  shadow: false\n"
+# These tests send raw tensors (every model input): the trusted scope `infer:raw`.
+SCOPES = ("rank", "infer", "infer:raw")
 
 
 def settings_with(
@@ -44,7 +49,8 @@ def detection(action: str, *, shadow: bool = False, extra: str = "") -> tuple[st
 
 def bearer(client: TestClient, client_id: str = "demo") -> dict[str, str]:
     issuer = client.app.state.components.issuer  # type: ignore[attr-defined]
-    return {"Authorization": "Bearer " + issuer.mint(issuer.client(client_id))["access_token"]}
+    token = issuer.mint(issuer.client(client_id), SCOPES)["access_token"]
+    return {"Authorization": "Bearer " + token}
 
 
 def record(client: TestClient, request_id: str) -> dict[str, Any]:
@@ -216,19 +222,50 @@ def test_verdict_header_only_in_dev_mode(
 def test_probing_through_the_api_is_flagged(
     report: InitReport, store: dict[str, Any], tmp_path: Path
 ) -> None:
+    """Noise on every query (0.3 training std on every feature, kept within the bounds):
+    each query is a new version of the same ids' features, the store row ~0.3 away."""
     with TestClient(create_app(settings_with(report, tmp_path))) as client:
         auth = {**bearer(client), **JSON}
+        rng = np.random.default_rng(4)
+        std = store["user_features"].std(axis=0)
+        low, high = store["user_features"].min(axis=0), store["user_features"].max(axis=0)
         base = store["user_features"][9].astype(np.float64)
         verdicts = []
-        for step in range(12):
-            body = infer_body(store, 9, 9, user_features=base + 1e-4 * (step + 1))
-            response = client.post(INFER, json=body, headers=auth)
+        for _ in range(30):
+            noisy = np.clip(base + rng.normal(0, 0.3, 20) * std, low, high)
+            response = client.post(INFER, json=infer_body(store, 9, 9, noisy), headers=auth)
             assert response.status_code == 200
-            verdicts.append(
-                record(client, response.headers["x-request-id"])["inspection"]["verdict"]
-            )
-        assert verdicts[:8] == ["allow"] * 8
-        assert set(verdicts[8:]) == {"flag"}
+            audited = record(client, response.headers["x-request-id"])["inspection"]
+            verdicts.append(audited["verdict"])
+        assert verdicts[:20] == ["allow"] * 20
+        assert "flag" in verdicts[20:]
+        assert audited["signals"][0] == "versions"  # then the cool-down, after 3 strikes
+        assert audited["versions"] >= 24
+
+
+def test_raw_store_rows_and_ids_only_are_never_counted(
+    report: InitReport, store: dict[str, Any], tmp_path: Path
+) -> None:
+    with TestClient(create_app(settings_with(report, tmp_path))) as client:
+        auth = {**bearer(client), **JSON}
+        for step in range(40):
+            body = infer_body(store, 1 + step % 3, 1 + step % 5)
+            response = client.post(INFER, json=body, headers=auth)
+            audited = record(client, response.headers["x-request-id"])["inspection"]
+            assert audited["signals"] == []
+            assert audited["counted"] == 0
+        # By ids (feature provenance: the store fills the features): nothing to inspect.
+        ids = {
+            "inputs": [
+                {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u4"]},
+                {"name": "item_id", "datatype": "BYTES", "shape": [2], "data": ["i4", "i5"]},
+            ]
+        }
+        response = client.post(INFER, json=ids, headers=auth)
+        assert response.status_code == 200, response.text
+        audited = record(client, response.headers["x-request-id"])["inspection"]
+        assert audited["rows"] == 0
+        assert audited["signals"] == []
 
 
 def test_unknown_ids_are_refused_before_the_model(
@@ -277,8 +314,9 @@ def test_query_budget_counts_rows_and_answers_retry_after(
     report: InitReport, store: dict[str, Any], tmp_path: Path
 ) -> None:
     rules = (
-        "default: {window_seconds: 3600, max_queries: 10000}",
-        "default: {window_seconds: 60, max_queries: 10}",
+        "  default: [{window_seconds: 3600, max_queries: 400000}, "
+        "{window_seconds: 86400, max_queries: 2000000}]\n",
+        "  default: {window_seconds: 60, max_queries: 10}\n",
     )
     now = [1_800_000_010.0]  # 10 s into a 60 s window
     with TestClient(
@@ -378,8 +416,12 @@ def test_detection_thresholds_are_validated() -> None:
 
     with pytest.raises(ValidationError, match="unknown threshold 'near_dupes'"):
         DetectionPolicy(thresholds={"near_dupes": 3})
-    with pytest.raises(ValidationError, match=r"query_similarity must be within \[0.0, 1.0\]"):
+    with pytest.raises(ValidationError, match=r"query_similarity must be within \[0.0, 0.99\]"):
         DetectionPolicy(thresholds={"query_similarity": 1.5})
+    with pytest.raises(ValidationError, match="store_radius must not exceed off_manifold"):
+        DetectionPolicy(thresholds={"store_radius": 2.0})
+    with pytest.raises(ValidationError, match="unknown threshold 'extraction_rate'"):
+        DetectionPolicy(thresholds={"extraction_rate": 0.8})  # issue 7's rate: diluted away
     assert DetectionPolicy(thresholds={"near_duplicates": 4}).threshold("near_duplicates") == 4
     assert DetectionPolicy().threshold("near_duplicates") == 8
 

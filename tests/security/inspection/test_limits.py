@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis_asyncio
 
-from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
+from security.inspection.budget import Budgets, Charge, MemoryBudgets, RedisBudgets
 from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 T0 = 1_800_000_000.0
@@ -57,3 +57,43 @@ async def test_budget_counts_rows_per_window(backend: tuple[RateLimiter, Budgets
     assert (await budgets.spend("b", 10, limit=10, window_s=60, now=T0 + 17)).allowed
     next_window = T0 - (T0 % 60) + 60
     assert (await budgets.spend("a", 10, limit=10, window_s=60, now=next_window)).allowed
+
+
+async def test_budgets_charge_every_scope_or_none(backend: tuple[RateLimiter, Budgets]) -> None:
+    _, budgets = backend
+    hourly, daily = 3600, 86_400
+    start = T0 - (T0 % daily)
+    charges = [
+        Charge("c:a", 60, 100, hourly),
+        Charge("c:a", 60, 150, daily),
+        Charge("s:a/u1", 60, 80, hourly),
+    ]
+    assert (await budgets.spend_all(charges, now=start)).allowed
+    # The subject's budget refuses: nothing is spent anywhere (the client's hour still
+    # has 40 rows, though 60 more would have fitted its day).
+    refused = await budgets.spend_all(charges, now=start + 10)
+    assert not refused.allowed
+    assert refused.retry_after_s == pytest.approx(3590)
+    other = [
+        Charge("c:a", 40, 100, hourly),
+        Charge("c:a", 40, 150, daily),
+        Charge("s:a/u2", 40, 80, hourly),
+    ]
+    assert (await budgets.spend_all(other, now=start + 20)).allowed
+    # Next hour: the hourly budgets are fresh, the day's is not (100 of 150 spent).
+    later = [Charge("c:a", 60, 100, hourly), Charge("c:a", 60, 150, daily)]
+    over = await budgets.spend_all(later, now=start + hourly)
+    assert not over.allowed
+    assert over.retry_after_s == pytest.approx(daily - hourly)
+    assert (await budgets.spend_all(later[:1], now=start + hourly)).allowed
+
+
+async def test_take_all_is_all_or_nothing(backend: tuple[RateLimiter, Budgets]) -> None:
+    limiter, _ = backend
+    assert (await limiter.take_all(["x", "y"], rate=1.0, burst=1, now=T0)).allowed
+    assert (await limiter.take_all(["z"], rate=1.0, burst=1, now=T0)).allowed
+    refused = await limiter.take_all(["z", "w"], rate=1.0, burst=1, now=T0 + 0.5)
+    assert not refused.allowed
+    assert refused.retry_after_s == pytest.approx(0.5)
+    # "w" was not charged by the refused request.
+    assert (await limiter.take_all(["w"], rate=1.0, burst=1, now=T0 + 0.5)).allowed

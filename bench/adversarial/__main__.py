@@ -1,0 +1,3 @@
+from bench.adversarial.run import main
+
+main()
