@@ -7,7 +7,7 @@ bundle's output policy of the model, on /v1/rank and on OIP infer alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,9 @@ from policies import PolicyReader
 # float32 carries ~7 significant digits; more would only print noise.
 SCORE_DECIMALS = 6
 
-# Stage 5's keyed score perturbation (security.inspection.perturb), applied to the served
-# scores before output hardening; it keeps the order of a request's scores.
+# Stage 5's keyed score perturbation (security.inspection.perturb), applied to OIP's served
+# scores before output hardening where the client chose feature values; it keeps the
+# order of a request's scores. /v1/rank answers ids alone: nothing to perturb.
 Perturb = Callable[[RankQuery | InferQuery, Any], Any]
 
 
@@ -68,19 +69,15 @@ def model_object(model: ModelRef) -> dict[str, str]:
 class RankRespondStage:
     name = "respond"
 
-    def __init__(self, policy: PolicyReader, perturb: Perturb = _unperturbed) -> None:
+    def __init__(self, policy: PolicyReader) -> None:
         self._policy = policy
-        self._perturb = perturb
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
         query, result = ctx.payload, ctx.result
         if not isinstance(query, RankQuery) or not isinstance(result, RankResult) or not ctx.model:
             raise InternalError(log_cause="respond stage without a rank result")
         shape = output_shape(self._policy, ctx.model.name)
-        # The offset keys on what the model saw: without the profile, the neutral user,
-        # so two users ranked without personalisation get the same answer.
-        keyed = replace(query, user_id="") if result.cold_start else query
-        scores = np.asarray(self._perturb(keyed, result.scores), dtype=np.float64)
+        scores = np.asarray(result.scores, dtype=np.float64)
         top_k = query.top_k if shape.max_k is None else min(query.top_k, shape.max_k)
         # Stable sort on the negated score: ties keep the client's candidate order.
         order = np.argsort(-scores, kind="stable")[:top_k].tolist()

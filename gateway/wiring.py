@@ -81,7 +81,7 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
         *c.privacy.rank_stages(),
         inspect,
         _rank_stage(c, features),
-        RankRespondStage(c.policy, c.inspection.perturb),
+        RankRespondStage(c.policy),
     )
     # Feature provenance: ids and declared client features from the client, the rest
     # from the store after stage 3; raw tensors only where the bundle allows `infer.raw`.

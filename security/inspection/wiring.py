@@ -70,17 +70,19 @@ class Inspection:
 
     def perturb(self, query: RankQuery | InferQuery, scores: Any) -> Any:
         """Stage 7's hook: the served scores with the bundle's keyed perturbation
-        (`detection.perturbation`; unchanged when off). Call it on a model's score output
-        before output hardening (rounding, ranks): the ranking within the request is kept.
-        /v1/rank: `scores` aligned with `query.item_ids`; OIP: one score per row."""
+        (`detection.perturbation`; unchanged when off, and for answers to ids alone:
+        `_client_chose_values`). Call it on a model's score output before output hardening
+        (rounding, ranks): the ranking within the request is kept. One score per row."""
         rules = self.policy.in_force().data.detection.perturbation
-        if not rules.enabled or self.perturber is None:
+        if (
+            not rules.enabled
+            or self.perturber is None
+            or not isinstance(query, InferQuery)
+            or not _client_chose_values(query)
+        ):
             return scores
         values = np.asarray(scores)
-        if isinstance(query, RankQuery):
-            keys = self.perturber.id_keys(query.user_id, query.item_ids)
-        else:
-            keys = self.perturber.row_keys(query.feeds, values.size)
+        keys = self.perturber.row_keys(query.feeds, values.size)
         return self.perturber.apply(values, keys, rules.max_offset)
 
     async def limit_token_endpoint(self, source: str) -> None:
@@ -202,4 +204,18 @@ def build_inspection(
         redis=redis,
         secret=settings.derived_keys[Purpose.INSPECTION],
         perturber=ScorePerturber(settings.derived_keys[Purpose.INSPECTION]),
+    )
+
+
+def _client_chose_values(query: InferQuery) -> bool:
+    """Whether the client chose any feature value (raw tensors, declared client features).
+    Only then can it difference scores over nearby inputs, which the perturbation spoils;
+    an answer to ids alone (/v1/rank, OIP by ids) is a fixed function of the ids, which
+    a repeatable offset does not hide, so it is served as the model scored it."""
+    if query.client_inputs is None:
+        return True  # raw tensors: every value is the client's
+    return any(
+        np.asarray(query.feeds[name]).dtype.kind == "f"
+        for name in query.client_inputs
+        if name in query.feeds
     )

@@ -94,16 +94,25 @@ def test_the_hook_follows_the_bundle(report: InitReport, tmp_path: Path) -> None
             )
         }
     )
-    query = RankQuery(user_id="u1", item_ids=("i1", "i2", "i3"), top_k=3)
-    scores = np.array([0.3, 0.9, 0.31], dtype=np.float32)
-    for data, changed in ((shipped, True), (off, False)):
+    rank = RankQuery(user_id="u1", item_ids=("i1", "i2", "i3"), top_k=3)
+    feeds = {
+        "user_id": np.array([1, 1, 1]),
+        "item_id": np.array([1, 2, 3]),
+        "user_features": np.zeros((3, 2), dtype=np.float32),
+        "item_features": np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype=np.float32),
+    }
+    raw = InferQuery(id=None, feeds=feeds)  # client_inputs None: every value the client's
+    by_ids = InferQuery(id=None, feeds=feeds, client_inputs=frozenset({"user_id", "item_id"}))
+    declared = InferQuery(
+        id=None, feeds=feeds, client_inputs=frozenset({"user_id", "item_id", "item_features"})
+    )
+    scores = np.array([[0.3], [0.9], [0.31]], dtype=np.float32)
+    for data, on in ((shipped, True), (off, False)):
         inspection = build_inspection(
             settings, InForce(data, "t"), CollectorRegistry(), lambda: 0.0, model_loaded=False
         )
-        served = inspection.perturb(query, scores)
-        assert (not np.array_equal(served, scores)) is changed
-        assert np.argsort(-served).tolist() == [1, 2, 0]
-        feeds = {"user_id": np.array([1, 1]), "item_id": np.array([1, 2])}
-        infer = InferQuery(id=None, feeds=feeds)
-        two = np.array([[0.2], [0.7]], dtype=np.float32)
-        assert inspection.perturb(infer, two).shape == (2, 1)
+        for query, chose_values in ((raw, True), (declared, True), (by_ids, False), (rank, False)):
+            served = inspection.perturb(query, scores)
+            assert served.shape == scores.shape
+            assert (not np.array_equal(served, scores)) is (on and chose_values), query
+            assert np.argsort(-served.reshape(-1)).tolist() == [1, 2, 0]
