@@ -48,7 +48,9 @@ def test_item_features_from_the_catalogue_do_not_drift_and_shifted_ones_do(
     rng = np.random.default_rng(7)
     items = arrays["item_features"]
     watch = board.watcher("m", "1")
-    for _ in range(20):
+    # Each request's inputs are sampled (models.drift.SAMPLED_ROWS): 120 requests of 100
+    # rows put some 1,800 rows in the window.
+    for _ in range(120):
         rows = items[rng.integers(0, len(items), 100)]
         watch({"item_features": rows}, rng.normal(size=100))
     calm = gauges(board)
@@ -61,7 +63,7 @@ def test_item_features_from_the_catalogue_do_not_drift_and_shifted_ones_do(
     moved_column = int(np.argmax([len(np.unique(items[:, c])) for c in range(items.shape[1])]))
     shifted = items.copy()
     shifted[:, moved_column] += items[:, moved_column].std()
-    for _ in range(20):
+    for _ in range(120):
         watch({"item_features": shifted[rng.integers(0, len(items), 100)]}, rng.normal(size=100))
     moved = gauges(board)
     column = {int(k[4]): v for k, v in moved.items() if k[0] == "gateway_feature_drift_psi"}
@@ -96,7 +98,7 @@ def test_the_served_app_exports_drift_per_model_version(
 ) -> None:
     store = client.app.state.components.serving.features  # type: ignore[attr-defined]
     rng = np.random.default_rng(11)
-    for n in range(4):
+    for n in range(16):  # 15 sampled input rows each: past the window's 200-row minimum
         items = [store.item_ids[i] for i in rng.choice(len(store.item_ids), 100, replace=False)]
         response = client.post(
             "/v1/rank", json={"user_id": f"u{n + 1}", "item_ids": items}, headers={**auth(), **JSON}
