@@ -1,9 +1,14 @@
-"""The supervisor of `gateway serve --workers N`: one socket, N worker processes.
+"""The supervisor of `gateway serve --workers N`: N worker processes on one port.
 
 1. Worker 0 is started alone and builds the app; a configuration error stops here, as
    the command's one error line, before the port is bound.
-2. The listening socket is bound once (the same TLS settings: each worker wraps it) and
-   handed to each worker over its control socket (gateway.workers.worker).
+2. Each worker gets its own listening socket on the one port (SO_REUSEPORT), bound here
+   and handed over its control socket (gateway.workers.worker; the same TLS settings:
+   each worker wraps it). The kernel spreads new connections evenly over the sockets;
+   with one shared socket, whichever worker woke first took them, and at 64 connections
+   one of two workers served nearly two thirds of the requests while the other idled.
+   A worker that dies has its socket closed at once: connections still queued on it are
+   reset (their clients retry), new ones go to the other workers until it is back.
 3. Workers 1..N-1 start together; if one cannot start, everything stops (exit non-zero).
 4. From then on a worker that dies is restarted, after a back-off that doubles with each
    failure in a row (0.5 s up to 30 s) and resets once a worker has served for 30 s.
@@ -75,9 +80,12 @@ class _Worker:
     monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-def bind(settings: Settings) -> socket.socket:
-    """The one listening socket (SO_REUSEADDR, as uvicorn binds its own)."""
-    host, port = settings.host, settings.port
+def bind(settings: Settings, port: int | None = None) -> socket.socket:
+    """A worker's listening socket on the server's port (SO_REUSEADDR, as uvicorn binds
+    its own, and SO_REUSEPORT: one per worker). Only processes of the same user can
+    share a port this way; a port another program holds is refused."""
+    host = settings.host
+    port = settings.port if port is None else port
     try:
         infos = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -86,6 +94,7 @@ def bind(settings: Settings) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(2048)
         except OSError:
@@ -111,7 +120,8 @@ class Supervisor:
         self._settings = settings
         self._workers = [_Worker(i) for i in range(workers)]
         self._state_host = state_host
-        self._listener: socket.socket | None = None
+        self._sockets: dict[int, socket.socket] = {}  # worker index -> its listener
+        self._bound_port: int | None = None
         self._stopping = asyncio.Event()
         self._state_socket: str | None = None
         self._runtime: Path | None = None
@@ -157,16 +167,31 @@ class Supervisor:
         finally:
             if stop_state is not None:
                 await stop_state()
-            if self._listener is not None:
-                self._listener.close()
+            for sock in self._sockets.values():
+                sock.close()
+            self._sockets.clear()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return 0
 
     def _port(self) -> int:
-        assert self._listener is not None  # noqa: S101 - bound before any worker serves
-        port: int = self._listener.getsockname()[1]
-        return port
+        assert self._bound_port is not None  # noqa: S101 - bound before any worker serves
+        return self._bound_port
+
+    def _socket_for(self, worker: _Worker) -> socket.socket:
+        """The worker's listener: kept across a failed start, new after its death."""
+        found = self._sockets.get(worker.index)
+        if found is None:
+            # Port 0 (any): the first bind chooses; every later one takes the same port.
+            found = bind(self._settings, self._bound_port)
+            self._bound_port = found.getsockname()[1]
+            self._sockets[worker.index] = found
+        return found
+
+    def _drop_socket(self, worker: _Worker) -> None:
+        found = self._sockets.pop(worker.index, None)
+        if found is not None:
+            found.close()
 
     # -- starting ------------------------------------------------------------
 
@@ -179,10 +204,9 @@ class Supervisor:
         """Spawn, hand over the socket, wait for "ready"; raises WorkerFailed."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inputs = self._inputs
-        if self._listener is not None:
-            # Port 0 was a choice of any port: the workers' settings name the one bound
-            # (the issuer URL follows the listen address).
-            inputs = replace(inputs, port=self._port())
+        if self._bound_port is not None:
+            # Port 0 was a choice of any port: the workers' settings name the one bound.
+            inputs = replace(inputs, port=self._bound_port)
         spec = WorkerSpec(
             inputs=inputs,
             index=worker.index,
@@ -204,12 +228,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         message = await loop.sock_recv(ours, 4096)
         if message == PREPARED:
-            if self._listener is None:
-                try:
-                    self._listener = bind(self._settings)
-                except ConfigurationError as exc:
-                    raise WorkerFailed(2, str(exc)) from None
-            await loop.run_in_executor(None, _send_fd, ours, self._listener.fileno())
+            try:
+                listener = self._socket_for(worker)
+            except ConfigurationError as exc:
+                raise WorkerFailed(2, str(exc)) from None
+            await loop.run_in_executor(None, _send_fd, ours, listener.fileno())
             message = await loop.sock_recv(ours, 4096)
         if message == READY:
             worker.ready_at = time.monotonic()
@@ -229,6 +252,7 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             _close(worker)
+            self._drop_socket(worker)  # its queued connections are reset, not stranded
             if time.monotonic() - worker.ready_at >= HEALTHY_AFTER_S:
                 worker.failures = 0
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**worker.failures)
