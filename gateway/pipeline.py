@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from gateway.errors import GatewayError, InternalError, bug_report
 from gateway.logs import REQUEST_FIELDS
-from gateway.telemetry import span
+from gateway.telemetry import recording, span
 
 
 class Action(StrEnum):
@@ -339,6 +339,7 @@ class Pipeline:
         """
         error: GatewayError | None = None
         timings: dict[str, float] = {}
+        traced = recording()  # once: a span per stage only where the request is traced
         stages = self.stages if then is None else (*self.stages, then)
         if then is not None and then.name != "respond":
             raise ValueError("a route's own step runs as the respond stage")
@@ -346,7 +347,10 @@ class Pipeline:
             for stage in stages:
                 started = time.perf_counter()
                 try:
-                    with span(f"stage {stage.name}"):
+                    if traced:
+                        with span(f"stage {stage.name}"):
+                            ctx = await stage(ctx)
+                    else:
                         ctx = await stage(ctx)
                 finally:
                     elapsed = time.perf_counter() - started
@@ -370,5 +374,8 @@ class Pipeline:
             if self.final:
                 ctx = ctx.evolve(stage_ms=timings)
                 for final in self.final:
-                    with span(f"stage {final.name}"):
+                    if traced:
+                        with span(f"stage {final.name}"):
+                            await final(ctx, error)
+                    else:
                         await final(ctx, error)

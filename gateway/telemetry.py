@@ -82,6 +82,12 @@ def use_tracer(tracer: Tracer) -> None:
     _TRACER.set(tracer)
 
 
+def recording() -> bool:
+    """Whether the current request is traced (its children would be): callers with many
+    spans per request ask once instead of paying for a span each time."""
+    return trace.get_current_span().is_recording()
+
+
 class _Quiet:
     """`span` for a request that is not recorded: enters to the current span, does nothing.
     A plain class, not a generator context manager: stages open ~20 of these a request."""
