@@ -285,9 +285,12 @@ DETECTION_THRESHOLDS: dict[str, tuple[float, float, float]] = {
     # earlier off-store rows near one off-store row (LSH estimate, ids ignored) in any of
     # its histories
     "near_duplicates": (8.0, 1.0, 1_000_000.0),
-    # a row this close to the store row of its ids is the store's (recomputed features):
-    # never counted, whatever the client sends around it
-    "store_radius": (0.12, 0.0, 1000.0),
+    # a row this close to the store row of its ids is the store's own (float rounding on
+    # the way): never counted. Kept tiny: every value beyond it is a version, so an
+    # attacker probing near the decision boundary with small steps is counted too (a
+    # radius of 0.12 left such steps free); a recomputing pipeline makes one version per
+    # recomputation whatever the distance, far below `versions`.
+    "store_radius": (0.01, 0.0, 1000.0),
     # new versions of one id's features (a feature input beyond store_radius from the
     # store row, each exact value counted once) in a tenant within versions_seconds:
     # probing on fixed ids. A pipeline recomputing features makes a few an hour.

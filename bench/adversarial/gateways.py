@@ -12,6 +12,7 @@ that new fields other helpers add to the default bundle do not break the bench.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -455,6 +456,10 @@ def fleet(
             (gateway_command(data_dir, ports[name]), env, f"http://127.0.0.1:{ports[name]}/readyz")
         )
     out = Fleet(space)
+    if in_process:
+        # In process, the gateway's warnings (one per flagged request) would reach the
+        # bench's stderr through logging's last-resort handler: only errors, as served.
+        logging.getLogger("gateway").setLevel(logging.ERROR)
     with ExitStack() as stack:
         if servers:
             stack.enter_context(running(servers))

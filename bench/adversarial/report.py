@@ -89,7 +89,10 @@ def print_table(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if p is None:
             goal = "-"
         elif c["gateway"] == "clean":
-            goal = "met (not accused)" if p > 0.01 else "FALSE ACCUSATION"
+            # Accused at the check's own alpha (1e-4); p < 0.01 on a clean model is worth a
+            # second look at the null's calibration (one clean model: 1 % by chance).
+            goal = "FALSE ACCUSATION" if p < 1e-4 else "not accused"
+            goal += " (p < 0.01: check the null)" if 1e-4 <= p < 0.01 else ""
         elif c["spearman"][-1] < 0.5:
             goal = "- (no usable surrogate)"
         else:

@@ -27,11 +27,10 @@ from gateway.app import create_app
 from gateway.datadir import init_data_dir
 from gateway.server import server_config
 from gateway.settings import Settings, load_settings
-from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
-from models.ort import session_from_bytes
 from security.issuer import EmbeddedIssuer, load_signing_key
 from tests.security._servers import Served, _serve
+from tests.served_scores import served_scores
 
 MODEL = "demo-ranker"
 DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
@@ -45,10 +44,11 @@ class GrpcGateway:
     target: str  # host:port of the gRPC service
     tokens: dict[str, str]
     feeds: dict[str, np.ndarray]
-    # What onnxruntime scores for `feeds`, rounded as the default bundle's output policy says.
+    # What the gateway serves for `feeds` before stage 7's perturbation and rounding:
+    # onnxruntime's scores with the default bundle's watermark (tests/served_scores.py).
     expected: list[float]
-    # The id path (feature provenance): what onnxruntime scores for `IDS` from the store,
-    # without personalisation (no consent signal for the user in a fresh data directory).
+    # The id path (feature provenance): the same for `IDS` from the store, without
+    # personalisation (no consent signal for the user in a fresh data directory).
     ids_expected: list[float]
 
     def spec(self) -> dict[str, Any]:
@@ -100,20 +100,19 @@ def ids_of(settings: Settings) -> dict[str, Any]:
 
 
 def ids_expected(settings: Settings) -> list[float]:
-    """What the id path answers for `ids_of` without consent: the store's cold-start row."""
+    """What the id path answers for `ids_of` without consent: the store's cold-start row
+    (marked, before perturbation and rounding: compare with `assert_served`)."""
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     feeds = store.inputs_for("", ids_of(settings)["item_ids"])
-    (scores,) = session_from_bytes(demo_model_bytes()).run(["score"], feeds)
-    return np.round(np.asarray(scores).reshape(-1), 3).tolist()
+    return served_scores(settings, feeds).tolist()
 
 
 def demo_feeds(settings: Settings) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Real model inputs for 4 candidates, and the scores onnxruntime gives for them,
-    rounded as the default bundle's output policy says (3 decimals on OIP too)."""
+    """Real model inputs for 4 candidates, and what the gateway serves for them before
+    perturbation and rounding (onnxruntime marked by the bundle's watermark)."""
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     feeds = store.inputs_for("u3", list(store.item_ids[10:14]))
-    (scores,) = session_from_bytes(demo_model_bytes()).run(["score"], feeds)
-    return feeds, np.round(np.asarray(scores).reshape(-1), 3).tolist()
+    return feeds, served_scores(settings, feeds).tolist()
 
 
 @contextmanager

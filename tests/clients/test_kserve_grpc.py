@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 
 from models.demo import model_bytes as demo_model_bytes
 from models.ort import session_from_bytes
 from tests.clients._gateway import run_client
 from tests.clients._grpc_gateway import MODEL, GrpcGateway, grpc_served, ok, refused
+from tests.served_scores import assert_served
 
 __all__ = ["grpc_served"]  # the fixture, imported for pytest
 
@@ -58,7 +58,7 @@ def test_infer_matches_onnxruntime(
     assert result["outputs"] == ["score"]
     assert result["shape"] == [4]
     # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(result["score"], grpc_served.expected, rtol=0, atol=0.005)
+    assert_served(result["score"], grpc_served.expected)
 
 
 @pytest.mark.parametrize("check", ["infer_anonymous", "infer_forged", "infer_expired"])

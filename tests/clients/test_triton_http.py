@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
-from models.ort import session_from_bytes
 from tests.clients._gateway import RunningGateway, run_client
+from tests.served_scores import assert_served, served_scores
 
 MODEL = "demo-ranker"
 # The id path's request (feature provenance), the candidates of `demo_feeds` by their ids.
@@ -51,12 +50,12 @@ def client_spec(gateway: RunningGateway, feeds: dict[str, np.ndarray]) -> dict[s
 
 
 def demo_feeds(gateway: RunningGateway) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Real model inputs for 4 candidates, and the scores onnxruntime gives for them."""
+    """Real model inputs for 4 candidates, and what the gateway serves for them before
+    perturbation and rounding (onnxruntime marked by the bundle's watermark)."""
     settings = gateway.settings
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     feeds = store.inputs_for("u3", list(store.item_ids[10:14]))
-    (expected,) = session_from_bytes(demo_model_bytes()).run(["score"], feeds)
-    return feeds, np.round(np.asarray(expected).reshape(-1), 3)
+    return feeds, served_scores(settings, feeds)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +75,7 @@ def ids_expected(gateway: RunningGateway) -> np.ndarray:
     settings = gateway.settings
     store = FeatureStore.load(settings.resolve(settings.model.features_path))
     assert list(store.item_ids[10:14]) == ID_ITEMS
-    (expected,) = session_from_bytes(demo_model_bytes()).run(
-        ["score"], store.inputs_for("", ID_ITEMS)
-    )
-    return np.round(np.asarray(expected).reshape(-1), 3)
+    return served_scores(settings, store.inputs_for("", ID_ITEMS))
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -123,8 +119,8 @@ def test_server_and_model_endpoints(report: dict[str, Any]) -> None:
 @pytest.mark.parametrize("step", ["ids_json", "ids_binary", "ids_from_metadata"])
 def test_bytes_ids_are_ranked_from_the_feature_store(report: dict[str, Any], step: str) -> None:
     result = ok(report, step)
-    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(result["score"], report["ids_expected"], rtol=0, atol=0.005)
+    # Within rounding (ids alone: stage 7 does not perturb them).
+    assert_served(result["score"], report["ids_expected"], perturbed=False)
     assert result["response"]["outputs"][0]["shape"] == [4]
 
 
@@ -144,7 +140,7 @@ def test_inference_matches_onnxruntime_on_every_encoding(report: dict[str, Any],
     result = ok(report, step)
     assert result["score_dtype"] == "float32"
     # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(result["score"], report["expected"], rtol=0, atol=0.005)
+    assert_served(result["score"], report["expected"])
     (output,) = result["response"]["outputs"]
     assert output["name"] == "score"
     assert output["shape"] == [4]

@@ -13,6 +13,7 @@ from gateway.settings import Settings
 from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
 from models.ort import session_from_bytes
+from tests.served_scores import assert_served, served_scores
 
 JSON = {"Content-Type": "application/json"}
 MODEL = "/v2/models/demo-ranker"
@@ -90,11 +91,9 @@ def test_infer_echoes_id_and_matches_onnxruntime(
     assert out["name"] == "score"
     assert out["datatype"] == "FP32"
     assert out["shape"] == [4]
-    session = session_from_bytes(demo_model_bytes())
-    (expected,) = session.run(["score"], feeds)
-    # The default bundle hardens the output: scores rounded to 3 decimals (OIP too).
-    # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(out["data"], np.round(expected.reshape(-1), 3), rtol=0, atol=0.005)
+    # The model's scores with the default bundle's watermark, within the keyed score
+    # perturbation (at most 0.004) and the output policy's rounding to 3 decimals (OIP too).
+    assert_served(out["data"], served_scores(settings, feeds))
 
 
 def test_infer_without_id_and_versioned_path(

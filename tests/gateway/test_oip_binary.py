@@ -20,9 +20,8 @@ from fastapi.testclient import TestClient
 from gateway.errors import MalformedRequest
 from gateway.oip_binary import encode_infer_response, tensor_from_raw, tensor_to_raw
 from gateway.settings import Settings
-from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
-from models.ort import session_from_bytes
+from tests.served_scores import assert_served, served_scores
 
 INFER = "/v2/models/demo-ranker/infer"
 HEADER = "Inference-Header-Content-Length"
@@ -37,9 +36,9 @@ def feeds(settings: Settings) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def expected(feeds: dict[str, np.ndarray]) -> np.ndarray:
-    (scores,) = session_from_bytes(demo_model_bytes()).run(["score"], feeds)
-    return np.round(np.asarray(scores).reshape(-1), 3)
+def expected(settings: Settings, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's scores marked as the default bundle's watermark marks them."""
+    return served_scores(settings, feeds)
 
 
 def binary_body(feeds: dict[str, np.ndarray], **extra: Any) -> tuple[dict[str, Any], list[bytes]]:
@@ -98,7 +97,7 @@ def test_binary_inputs_answer_what_onnxruntime_gives(
     out = response.json()
     assert out["id"] == "b-1"
     # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(out["outputs"][0]["data"], expected, rtol=0, atol=0.005)
+    assert_served(out["outputs"][0]["data"], expected)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +138,7 @@ def test_binary_outputs_follow_the_json_header(
     assert out["parameters"] == {"binary_data_size": 16}
     assert len(raw) == 16
     # Within rounding and the bundle's keyed score perturbation (at most 0.004).
-    np.testing.assert_allclose(np.frombuffer(raw, dtype="<f4"), expected, rtol=0, atol=0.005)
+    assert_served(np.frombuffer(raw, dtype="<f4"), expected)
 
 
 def test_an_explicit_binary_data_false_answers_json(

@@ -1,4 +1,5 @@
-"""`/v1/rank` against the real app, checked against direct onnxruntime on the same features."""
+"""`/v1/rank` against the real app, checked against direct onnxruntime on the same features
+(marked as the default bundle's watermark marks them: tests/served_scores.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.settings import Settings
-from models.demo import model_bytes as demo_model_bytes
 from models.features import FeatureStore
-from models.ort import session_from_bytes
+from tests.served_scores import assert_served, onnx_scores, served_scores
 
 JSON = {"Content-Type": "application/json"}
 
@@ -24,9 +24,8 @@ def store(settings: Settings) -> FeatureStore:
 def direct_scores(
     settings: Settings, store: FeatureStore, user: str, items: list[str]
 ) -> np.ndarray:
-    session = session_from_bytes(demo_model_bytes())
-    (scores,) = session.run(["score"], store.inputs_for(user, items))
-    return np.asarray(scores, dtype=np.float64).reshape(-1)
+    """What the gateway serves for the user's items, before perturbation and rounding."""
+    return served_scores(settings, store.inputs_for(user, items))
 
 
 def test_ranking_matches_direct_onnxruntime(
@@ -48,10 +47,12 @@ def test_ranking_matches_direct_onnxruntime(
     assert [it["item_id"] for it in body["items"]] == [items[i] for i in order]
     assert [it["rank"] for it in body["items"]] == list(range(1, 101))
     got = np.array([it["score"] for it in body["items"]])
-    # The default policy bundle hardens output to 3 decimals and perturbs each score by at
-    # most detection.perturbation.max_offset (0.004); the order is the model's own.
-    np.testing.assert_allclose(got, np.round(expected[order], 3), atol=0.004 + 0.0005)
-    assert not np.array_equal(got, np.round(expected[order], 3))  # the perturbation is on
+    # The default policy bundle marks the scores (the watermark: one shift for the whole
+    # request, so the order is the model's own) and rounds them to 3 decimals; ids alone
+    # are not perturbed (stage 7 perturbs only feature values the client chose).
+    assert_served(got, expected[order], perturbed=False)
+    plain = onnx_scores(store.inputs_for("u7", items))
+    assert [items[i] for i in np.argsort(-plain, kind="stable")] == [items[i] for i in order]
     assert body["personalized"] is True
     model = body["model"]
     assert (model["name"], model["version"]) == ("demo-ranker", "1")

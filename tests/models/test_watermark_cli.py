@@ -1,5 +1,6 @@
-"""The watermark end to end: the real gateway serves marked scores when the bundle says so,
-and `gateway models watermark-triggers|watermark-check` against a real data directory."""
+"""The watermark end to end: the real gateway serves marked scores (the default bundle turns
+the mark on), and `gateway models watermark-triggers|watermark-check` against a real data
+directory finds it in a copy of what the gateway served."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from models.demo_package import demo_stats
 from models.features import FeatureStore
 from models.ort import session_from_bytes
 from models.watermark import Standardiser, Watermark, envelope, model_key
+from policies.bundle import load_bundle
+from policies.install import default_bundle_dir
 from tests.models.conftest import Box
+from tests.served_scores import assert_served, served_scores
 
-ON = ("watermark: {enabled: false", "watermark: {enabled: true")
+OFF = ("watermark: {enabled: true", "watermark: {enabled: false")
+OIP_TYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 
 
 def features_path(box: Box) -> Path:
@@ -54,7 +59,7 @@ def test_the_gateway_serves_marked_scores_in_the_models_own_order(box: Box) -> N
     from privacy.components import open_consent_store
     from privacy.consent_store import ConsentEntry
 
-    box.edit_data_policy(*ON)
+    # The data directory `gateway init` made, its bundle unedited: the mark is on.
     store = FeatureStore.load(features_path(box))
     items = list(store.item_ids[:60])
     watermark = watermark_of(box)
@@ -86,9 +91,9 @@ def test_the_gateway_serves_marked_scores_in_the_models_own_order(box: Box) -> N
     order = np.argsort(-plain, kind="stable")
     assert [it["item_id"] for it in body["items"]] == [items[i] for i in order]
     got = np.array([it["score"] for it in body["items"]])
-    # Rounded to 3 decimals, and the default bundle's keyed score perturbation (stage 7,
-    # at most 0.004) on top: the mark (about 0.06 for this user) is what moved the scores.
-    np.testing.assert_allclose(got, (plain + shift)[order], atol=0.004 + 0.0005 + 1e-9)
+    # Rounded to 3 decimals (ids alone: stage 7 does not perturb them): the mark (about
+    # 0.06 for this user) is what moved the scores.
+    np.testing.assert_allclose(got, (plain + shift)[order], rtol=0, atol=0.0005 + 1e-6)
     assert np.median(np.abs(got - plain[order])) > 0.01
 
 
@@ -130,6 +135,103 @@ def test_triggers_and_check_from_the_command_line(
     lines = tmp_path / "plain.txt"
     lines.write_text("\n".join(f"{v:.6f}" for v in plain))
     code, stdout, _ = run(capsys, "models", "watermark-check", "--scores", str(lines), *data)
+    assert code == 1, stdout
+    assert "verdict: not detected" in stdout
+
+
+def trigger_feeds(triggers: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(value, dtype=np.float32 if "features" in name else np.int64)
+        for name, value in triggers["inputs"].items()
+    }
+
+
+def serve(box: Box, feeds: dict[str, np.ndarray], chunk: int = 250) -> np.ndarray:
+    """What the real gateway of `box` answers for `feeds` over OIP REST (raw tensors, the
+    trusted scope an operator uses to score its trigger set), in row order."""
+    headers = {
+        "Authorization": f"Bearer {box.token('demo', ('infer', 'infer:raw'))}",
+        "Content-Type": "application/json",
+    }
+    rows = len(next(iter(feeds.values())))
+    served: list[float] = []
+    with TestClient(create_app(box.settings())) as client:
+        for start in range(0, rows, chunk):
+            inputs = [
+                {
+                    "name": name,
+                    "datatype": OIP_TYPES[value.dtype],
+                    "shape": [len(part), *value.shape[1:]],
+                    "data": part.reshape(-1).tolist(),
+                }
+                for name, value in feeds.items()
+                for part in (value[start : start + chunk],)
+            ]
+            response = client.post(
+                "/v2/models/demo-ranker/infer", json={"inputs": inputs}, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            (out,) = response.json()["outputs"]
+            served.extend(out["data"])
+    return np.asarray(served, dtype=np.float64)
+
+
+def check_served(
+    capsys: pytest.CaptureFixture[str], box: Box, tmp_path: Path, digest: str, served: np.ndarray
+) -> tuple[int, str]:
+    path = tmp_path / "served.json"
+    path.write_text(json.dumps({"trigger_set": digest, "scores": served.tolist()}))
+    code, stdout, _ = run(
+        capsys, "models", "watermark-check", "--scores", str(path), "--data-dir", str(box.data_dir)
+    )
+    return code, stdout
+
+
+def test_the_mark_is_on_by_default_and_found_in_what_the_gateway_served(
+    box: Box, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The shipped bundle turns the mark on; `gateway init` installed it unedited.
+    shipped = load_bundle(default_bundle_dir()).data.model("demo-ranker")
+    assert shipped is not None
+    assert shipped.watermark.enabled
+    installed = load_bundle(box.data_dir / "policy").data.model("demo-ranker")
+    assert installed is not None
+    assert installed.watermark == shipped.watermark
+    out = tmp_path / "triggers.json"
+    code, _, _ = run(
+        capsys, "models", "watermark-triggers", "--out", str(out), "--data-dir", str(box.data_dir)
+    )
+    assert code == 0
+    triggers = json.loads(out.read_text())
+    feeds = trigger_feeds(triggers)
+    served = serve(box, feeds)
+    plain = plain_scores(feeds)
+    # Exactly the marked scores (up to stage 7's perturbation and rounding), and the mark
+    # is what moved them: far more than perturbation and rounding could.
+    assert_served(served, served_scores(box.settings(), feeds))
+    assert np.median(np.abs(served - plain)) > 0.01
+    # A copy of what the gateway served for its trigger set: the mark is found.
+    code, stdout = check_served(capsys, box, tmp_path, triggers["trigger_set"], served)
+    assert code == 0, stdout
+    assert "verdict: WATERMARK DETECTED" in stdout
+
+
+def test_with_the_mark_turned_off_the_gateway_serves_the_models_scores_unaccused(
+    box: Box, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    box.edit_data_policy(*OFF)
+    out = tmp_path / "triggers.json"
+    code, _, _ = run(
+        capsys, "models", "watermark-triggers", "--out", str(out), "--data-dir", str(box.data_dir)
+    )
+    assert code == 0
+    triggers = json.loads(out.read_text())
+    feeds = trigger_feeds(triggers)
+    served = serve(box, feeds, chunk=500)
+    # The oracle follows the bundle: off, it is onnxruntime's own scores.
+    np.testing.assert_array_equal(served_scores(box.settings(), feeds), plain_scores(feeds))
+    assert_served(served, plain_scores(feeds))
+    code, stdout = check_served(capsys, box, tmp_path, triggers["trigger_set"], served)
     assert code == 1, stdout
     assert "verdict: not detected" in stdout
 

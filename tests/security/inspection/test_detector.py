@@ -268,15 +268,20 @@ async def test_features_recomputed_a_little_stay_silent_all_day(
     make_detector: Callable[..., Detector], space: Space
 ) -> None:
     """A client recomputing features before each request: a few % of a std off the store
-    row, a fresh value every time, for the same users every 5 minutes over a day."""
+    row, a fresh value every time, for the same users every 5 minutes over a day. A
+    recomputation gives each entity one vector in a request (the user's is the same on
+    every row), so each user id gets 12 new versions an hour, each item id a few."""
     detector = make_detector()
     rng = np.random.default_rng(8)
     users = rng.integers(1, 3001, size=10)
+    half = space.std.shape[0] // 2
     for slot in range(288):
         for user in users:
             items = rng.integers(1, 1501, size=20)
             x = np.stack([space.x(user, i) for i in items])
-            x = np.clip(x + rng.normal(0, 0.03, x.shape) * space.std, space.low, space.high)
+            drift = rng.normal(0, 0.03, x.shape)
+            drift[:, :half] = drift[0, :half]  # one recomputed user vector per request
+            x = np.clip(x + drift * space.std, space.low, space.high)
             seen = await send(detector, "fresh", space.feeds(user, items, x), T0 + slot * 300)
             assert seen.signals == (), (slot, seen)
 

@@ -20,7 +20,7 @@ JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/demo-ranker/infer"
 THRESHOLDS = (
     "  thresholds: {out_of_range: 0.0, query_similarity: 0.85, near_duplicates: 8, "
-    "store_radius: 0.12, versions: 24, off_manifold: 0.9, off_store_rows: 32}\n"
+    "store_radius: 0.01, versions: 24, off_manifold: 0.9, off_store_rows: 32}\n"
 )
 DETECTION = f"detection:\n{THRESHOLDS}  action: flag\n  shadow: false\n"
 # These tests send raw tensors (every model input): the trusted scope `infer:raw`.
