@@ -220,6 +220,13 @@ class Detector:
         rows, exact = candidates[first[:SAMPLE]], unique[:SAMPLE]
         off_all = off[candidates[first]]
         versions = await self._versions(prints, rows, now, policy, histories)
+        # Off-store rows (no pipeline drift explains them): fresh ones add to their
+        # histories' off-store counts and to the LSH buckets of their content, ids ignored.
+        # None (recomputed features, drift): the histories have nothing to count.
+        limit = policy.threshold("off_manifold")
+        far = (np.isnan(off[rows]) | (off[rows] > limit))[:, None]
+        if not far.any():
+            return Counts(counted, versions=versions)
         keys, factors = self._history_keys(histories, policy, prints, rows)
         if not len(factors):
             return Counts(counted, versions=versions)
@@ -228,12 +235,6 @@ class Detector:
         # Exact copies seen before, per history: a repeat adds nothing.
         seen = await self.state.add(_cells(exact[:, None], keys), now=now, tau=tau)
         fresh = (seen.reshape(m, h, DEPTH).min(axis=2) < 1.5).astype(np.int64)  # (m, h)
-        # Off-store rows (no pipeline drift explains them): fresh ones add to their
-        # histories' off-store counts and to the LSH buckets of their content, ids ignored.
-        limit = policy.threshold("off_manifold")
-        far = (np.isnan(off[rows]) | (off[rows] > limit))[:, None]
-        if not far.any():
-            return Counts(counted, versions=versions)
         adds = (fresh * far).astype(np.float64)  # (m, h)
         similarity = policy.threshold("query_similarity")
         buckets = self.fingerprinter.buckets(prints, rows, 1.0 - similarity)
