@@ -24,7 +24,11 @@ class KillRun:
     cycles: int
     acknowledged: list[str] = field(default_factory=list)  # request ids of every 2xx
     answered: dict[str, int] = field(default_factory=dict)  # request id -> status received
-    server_errors: int = 0
+    server_errors: int = 0  # 5xx other than the fail-closed 503 below
+    # 503s: with `--workers`, the supervisor hosts the shared state; killed, its workers
+    # refuse (inspection-unavailable, fail closed) in the moment before they follow it.
+    unavailable: list[str] = field(default_factory=list)
+    unavailable_without_record: list[str] = field(default_factory=list)
     recover_s: list[float] = field(default_factory=list)  # restart after a kill -> ready
     verify_rc: int = -1
     verify_output: str = ""
@@ -47,6 +51,8 @@ class KillRun:
             found.append(f"{len(self.status_mismatches)} records with another status")
         if self.server_errors:
             found.append(f"{self.server_errors} responses 5xx")
+        if self.unavailable_without_record:
+            found.append(f"{len(self.unavailable_without_record)} 503s without a record")
         if self.verify_rc != 0:
             found.append(f"audit verify exit {self.verify_rc}: {self.verify_output.strip()}")
         if not self.serves_after_restart:
@@ -84,7 +90,9 @@ class _Load:
                         self._run.answered[request_id] = response.status_code
                     if 200 <= response.status_code < 300 and request_id is not None:
                         self._run.acknowledged.append(request_id)
-                    if response.status_code >= 500:
+                    if response.status_code == 503 and request_id is not None:
+                        self._run.unavailable.append(request_id)
+                    elif response.status_code >= 500:
                         self._run.server_errors += 1
 
     def __enter__(self) -> _Load:
@@ -135,6 +143,7 @@ def run_kill_cycles(data_dir: DataDir, *, cycles: int, load_s: float, workers: i
     run.health_worst_ms, run.health_p99_ms = probe.worst_ms, probe.p99_ms
     ledger = Ledger.read(data_dir.audit_db)
     run.without_record = ledger.without_record(run.acknowledged)
+    run.unavailable_without_record = ledger.without_record(run.unavailable)
     run.duplicates = ledger.duplicates()
     run.status_mismatches = ledger.status_mismatches(run.answered)
     return run

@@ -25,6 +25,8 @@ def test_every_2xx_has_its_one_record_with_the_status_the_client_got(killed: Kil
     assert killed.duplicates == []
     assert killed.status_mismatches == []
     assert killed.server_errors == 0
+    # A fail-closed refusal in the moment of the kill is audited like any other answer.
+    assert killed.unavailable_without_record == []
 
 
 def test_the_log_verifies_as_the_last_kill_left_it(killed: KillRun) -> None:
