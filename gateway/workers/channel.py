@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from gateway.workers.codec import (
     CALL,
@@ -28,10 +28,9 @@ from gateway.workers.codec import (
     HELLO,
     PUBLISH,
     RESULT,
+    FramedProtocol,
     FrameError,
-    decode,
     encode,
-    split,
 )
 from security.inspection.state import StateUnavailableError
 
@@ -46,46 +45,21 @@ class ChannelError(StateUnavailableError):
     """The state server did not answer in time, or refused the call."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(FramedProtocol):
     def __init__(self, link: WorkerLink) -> None:
+        super().__init__()
         self._link = link
-        self._buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         # Deadlines in call order (each call has the same timeout): one sweeper task
         # expires them, cheaper than a timer per call.
         self.deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self.lost = asyncio.get_running_loop().create_future()
-        self._out: list[bytes] = []
         self.sweeper: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream socket's transport (uvloop's are not asyncio.Transport subclasses).
-        self.transport = cast(asyncio.Transport, transport)
+    def peer(self) -> str:
+        return "state server"
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame; the frames of one event-loop turn leave in one write."""
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(frame)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        try:
-            bodies = split(self._buffer)
-            for body in bodies:
-                self._dispatch(decode(body))
-        except FrameError as exc:
-            log.error("state server sent a bad frame: %s", exc)
-            assert self.transport is not None  # noqa: S101
-            self.transport.abort()
-
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
+    def received(self, message: tuple[Any, ...]) -> None:
         if message[0] == RESULT:
             _, call_id, ok, value = message
             future = self.pending.pop(call_id, None)

@@ -22,15 +22,19 @@ Messages (tuples):
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import binascii
 import dataclasses
 import importlib
+import logging
 import struct
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
+
+log = logging.getLogger("gateway.workers")
 
 CALL, RESULT, PUBLISH, EVENT, HELLO = 0, 1, 2, 3, 4
 
@@ -127,3 +131,46 @@ def split(buffer: bytearray) -> list[bytes]:
         start = end
     del buffer[:start]
     return bodies
+
+
+class FramedProtocol(asyncio.Protocol):
+    """A stream of frames, either end: the frames queued in one event-loop turn leave in
+    one write, and each complete frame received goes to `received`. A malformed frame
+    closes the connection (the other end reconnects, or its calls fail closed)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream socket's transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, frame: bytes) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            for body in split(self._buffer):
+                self.received(decode(body))
+        except FrameError as exc:
+            log.error("%s sent a bad frame: %s", self.peer(), exc)
+            assert self.transport is not None  # noqa: S101 - data came over it
+            self.transport.abort()
+
+    def peer(self) -> str:
+        """How a log line names the other end."""
+        return "peer"
+
+    def received(self, message: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+

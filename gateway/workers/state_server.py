@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from gateway.settings import Settings
 from gateway.workers.codec import (
@@ -28,10 +28,9 @@ from gateway.workers.codec import (
     HELLO,
     PUBLISH,
     RESULT,
+    FramedProtocol,
     FrameError,
-    decode,
     encode,
-    split,
 )
 
 log = logging.getLogger("gateway.workers")
@@ -85,45 +84,25 @@ class StateServer:
         return stop
 
 
-class _Peer(asyncio.Protocol):
+class _Peer(FramedProtocol):
     """One worker's connection."""
 
     def __init__(self, server: StateServer) -> None:
+        super().__init__()
         self._server = server
-        self._buffer = bytearray()
-        self._out: list[bytes] = []
-        self.transport: asyncio.Transport | None = None
         self.worker = -1
 
+    def peer(self) -> str:
+        return f"worker {self.worker}"
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream socket's transport (uvloop's are not asyncio.Transport subclasses).
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self._server._peers.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._peers.discard(self)
 
-    def send(self, frame: bytes) -> None:
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(frame)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        try:
-            for body in split(self._buffer):
-                self._handle(decode(body))
-        except FrameError as exc:
-            log.error("worker %d sent a bad frame: %s", self.worker, exc)
-            assert self.transport is not None  # noqa: S101
-            self.transport.abort()
-
-    def _handle(self, message: tuple[Any, ...]) -> None:
+    def received(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == CALL:
             _, call_id, target, method, args, kwargs = message
