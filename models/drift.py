@@ -7,11 +7,14 @@ the same distribution; the usual reading is 0.1 a moderate shift and 0.25 a larg
 Scores: each version's score distribution over the window against its own first
 `baseline_rows` scores served (frozen once taken), by the same statistic.
 
-Counting is one comparison pass per input per request, in the inference thread, over at
-most `SAMPLED_ROWS` of its rows (evenly strided: a /v1/rank request repeats one user's
-row for every candidate, and binning a hundred rows cost more CPU than the model run);
-scores are counted whole. The PSI itself is computed only when Prometheus scrapes. A
-window with fewer than `min_rows` rows reports nothing rather than a noisy figure.
+Each run keeps at most `SAMPLED_ROWS` of each input's rows (evenly strided: a /v1/rank
+request repeats one user's row for every candidate) and all its scores, in the inference
+thread. Binning is done in bulk, once `FLUSH_ROWS` rows are pending and before every
+read: a dozen numpy calls per run cost about 0.1 ms of inference-thread CPU, three times
+the model run, where one call over many runs costs a few microseconds each. Every row
+still lands in the window slot of the moment its run was observed. The PSI itself is
+computed only when Prometheus scrapes. A window with fewer than `min_rows` rows reports
+nothing rather than a noisy figure.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ SHARE_KEYS = tuple(f"b{b}" for b in range(BINS))
 _FLOOR = 1e-4
 # Input rows counted per request at most (see the module doc).
 SAMPLED_ROWS = 16
+# Score values pending before they are binned in bulk (input rows: a sixth as many).
+FLUSH_ROWS = 3_000
 # Pseudo-counts per bin: an empty bin must not make the statistic infinite.
 _SMOOTHING = 0.5
 
@@ -57,8 +62,11 @@ class _Window:
         self._counts = np.zeros((slots, series, BINS), dtype=np.int64)
         self._epochs = np.full(slots, -1, dtype=np.int64)
 
+    def epoch(self, now: float) -> int:
+        return int(now // self._slot_s)
+
     def add(self, now: float, counts: np.ndarray) -> None:
-        epoch = int(now // self._slot_s)
+        epoch = self.epoch(now)
         slot = epoch % len(self._epochs)
         if self._epochs[slot] != epoch:
             self._epochs[slot] = epoch
@@ -75,9 +83,10 @@ class _Window:
 def _bin_counts(edges: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Counts per (column, bin) of `columns` (rows x columns) under per-column `edges`."""
     width = edges.shape[0]
-    # One pass for every column: a value's bin is the number of edges at or below it.
-    bins = (columns[:, :, None] >= edges[None, :, :]).sum(axis=2)
-    flat = (bins + np.arange(width) * BINS).reshape(-1)
+    # A value's bin is the number of its column's edges at or below it; rows innermost, so
+    # numpy's inner loop runs over them, not over the nine edges (about 3x faster).
+    bins = (columns.T[:, None, :] >= edges[:, :, None]).sum(axis=1)
+    flat = (bins + (np.arange(width) * BINS)[:, None]).reshape(-1)
     return np.bincount(flat, minlength=width * BINS).reshape(width, BINS)
 
 
@@ -112,31 +121,72 @@ class VersionDrift:
         self._baseline_size = 0
         self._score_edges: np.ndarray | None = None
         self._scores = _Window(1, window_s, slots)
+        # Runs observed and not yet binned: (time, sampled input columns, scores).
+        self._pending: list[tuple[float, list[tuple[str, np.ndarray]], np.ndarray]] = []
+        self._pending_rows = 0
 
     def observe(self, now: float, feeds: Mapping[str, np.ndarray], scores: np.ndarray) -> None:
-        counted: dict[str, np.ndarray] = {}
+        sampled: list[tuple[str, np.ndarray]] = []
         for name, edges in self._edges.items():
             values = feeds.get(name)
             if values is None:
                 continue
-            columns = np.asarray(values, dtype=np.float64).reshape(-1, edges.shape[0])
+            columns = np.asarray(values).reshape(-1, edges.shape[0])
             if columns.shape[0] > SAMPLED_ROWS:
                 columns = columns[:: -(-columns.shape[0] // SAMPLED_ROWS)]
-            counted[name] = _bin_counts(edges, columns)
-        flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+            # Copies: the run's arrays go on to later stages.
+            sampled.append((name, columns.astype(np.float64)))
+        flat = np.array(scores, dtype=np.float64).reshape(-1)
+        with self._lock:
+            self._pending.append((now, sampled, flat))
+            self._pending_rows += flat.size
+            if self._pending_rows < FLUSH_ROWS:
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        """Bins what is pending, run by run into the slot of its own time."""
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+        start = 0
+        while start < len(pending):
+            epoch = self._scores.epoch(pending[start][0])
+            end = start + 1
+            while end < len(pending) and self._scores.epoch(pending[end][0]) == epoch:
+                end += 1
+            self._count(pending[start:end])
+            start = end
+
+    def _count(self, runs: list[tuple[float, list[tuple[str, np.ndarray]], np.ndarray]]) -> None:
+        """Bins runs of one window slot (`runs[0]`'s time stands for all of them)."""
+        now = runs[0][0]
+        by_input: dict[str, list[np.ndarray]] = {}
+        for _, sampled, _ in runs:
+            for name, columns in sampled:
+                by_input.setdefault(name, []).append(columns)
+        counted = {
+            name: _bin_counts(self._edges[name], np.concatenate(parts))
+            for name, parts in by_input.items()
+        }
+        flat = np.concatenate([scores for _, _, scores in runs])
         with self._lock:
             for name, counts in counted.items():
                 self._inputs[name].add(now, counts)
             if self._score_edges is None:
-                self._baseline.append(flat.copy())
+                self._baseline.append(flat)
                 self._baseline_size += flat.size
-                if self._baseline_size >= self._baseline_rows:
-                    taken = np.concatenate(self._baseline)
-                    self._score_edges = np.quantile(taken, np.linspace(0.1, 0.9, 9)).reshape(1, -1)
-                    self._baseline = []
-                return
+                if self._baseline_size < self._baseline_rows:
+                    return
+                # Frozen at the first `baseline_rows` scores; the rest count at once.
+                taken = np.concatenate(self._baseline)
+                self._score_edges = np.quantile(
+                    taken[: self._baseline_rows], np.linspace(0.1, 0.9, 9)
+                ).reshape(1, -1)
+                self._baseline = []
+                flat = taken[self._baseline_rows :]
             edges = self._score_edges
-        self._add_scores(now, edges, flat)
+        if flat.size:
+            self._add_scores(now, edges, flat)
 
     def _add_scores(self, now: float, edges: np.ndarray, flat: np.ndarray) -> None:
         counts = _bin_counts(edges, flat.reshape(-1, 1))
@@ -144,6 +194,7 @@ class VersionDrift:
             self._scores.add(now, counts)
 
     def input_psi(self, now: float) -> Iterator[tuple[str, int, float]]:
+        self._flush()
         with self._lock:
             totals = {name: window.total(now) for name, window in self._inputs.items()}
         for name, counts in totals.items():
@@ -153,6 +204,7 @@ class VersionDrift:
                 yield name, column, float(value)
 
     def score_psi(self, now: float) -> float | None:
+        self._flush()
         with self._lock:
             counts = self._scores.total(now)
         if self._score_edges is None or counts.sum() < self._min_rows:

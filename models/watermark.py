@@ -115,9 +115,7 @@ class Standardiser:
                 raise WatermarkError(f"no feature statistics for the mark's input {name!r}")
             span = np.asarray(entry["max"], np.float64) - np.asarray(entry["min"], np.float64)
             # As stage 5 does: constant columns get a scale from their span, never 1/0.
-            std = np.maximum(
-                np.asarray(entry["std"], np.float64), np.maximum(span * 1e-3, 1e-6)
-            )
+            std = np.maximum(np.asarray(entry["std"], np.float64), np.maximum(span * 1e-3, 1e-6))
             means.append(np.asarray(entry["mean"], np.float64))
             scales.append(std)
         mean = np.concatenate(means)
@@ -168,14 +166,37 @@ class Watermark:
         self.direction = _directions(rng, standardise.dim, 1)[:, 0]
         self.phase = float(rng.uniform(0.0, 2.0 * np.pi))
         self._key = key
+        # z @ direction = x @ (inv_scale * direction) - mean @ (inv_scale * direction): one
+        # product per input instead of a concatenation and two passes over every row (the
+        # mark runs on every served batch, in the inference thread).
+        self._weights = standardise.inv_scale * self.direction
+        self._offset = float(standardise.mean @ self._weights)
 
     def signal(self, feeds: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
-        return self.signal_z(self.standardise(feeds))
+        """`signal_z(standardise(feeds))`, computed without building z."""
+        inputs = self.standardise.inputs
+        first = np.asarray(feeds[inputs[0]])
+        n = int(first.shape[0]) if first.ndim else 1
+        projection = np.full(n, -self._offset)
+        at = 0
+        for name in inputs:
+            x = np.asarray(feeds[name]).reshape(n, -1)
+            width = int(x.shape[1])
+            if at + width <= self.standardise.dim:
+                projection += x @ self._weights[at : at + width]
+            at += width
+        if at != self.standardise.dim:
+            raise WatermarkError(f"the mark's inputs have {at} columns, not {self.standardise.dim}")
+        return self._cosine(projection)
+
+    def _cosine(self, projection: NDArray[np.float64]) -> NDArray[np.float64]:
+        signal: NDArray[np.float64] = np.sqrt(2.0) * np.cos(
+            2.0 * np.pi * FREQUENCY * projection + self.phase
+        )
+        return signal
 
     def signal_z(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
-        angle = 2.0 * np.pi * FREQUENCY * (z @ self.direction) + self.phase
-        signal: NDArray[np.float64] = np.sqrt(2.0) * np.cos(angle)
-        return signal
+        return self._cosine(z @ self.direction)
 
     def mark(self, scores: NDArray[Any], signal: NDArray[np.float64], strength: float) -> Any:
         """Scores plus the mark, in the scores' dtype (see `envelope`)."""
@@ -335,9 +356,7 @@ def _correlations(
 ) -> NDArray[np.float64]:
     sr = signals - q @ (q.T @ signals)
     norms = np.linalg.norm(sr, axis=0) * np.linalg.norm(r)
-    out: NDArray[np.float64] = np.divide(
-        r @ sr, norms, out=np.zeros(sr.shape[1]), where=norms > 0
-    )
+    out: NDArray[np.float64] = np.divide(r @ sr, norms, out=np.zeros(sr.shape[1]), where=norms > 0)
     return out
 
 

@@ -110,7 +110,11 @@ class Detector:
 
     async def cooldown_only(self, key: str, now: float, policy: DetectionPolicy) -> Observation:
         """For requests without client-chosen feature values (/v1/rank, OIP by ids)."""
-        until = await self.state.cooldown(key, now=now)
+        return self.cooled(await self.state.cooldown(key, now=now), now)
+
+    @staticmethod
+    def cooled(until: float, now: float) -> Observation:
+        """The observation of a request with nothing to inspect: the cool-down alone."""
         signals = ("cooldown",) if until > now else ()
         return Observation(rows=0, signals=signals, cooldown_until=until)
 

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from security.inspection.admission import Admitted, SubjectRate
 from security.inspection.budget import Charge, Spend
 from security.inspection.ratelimit import Take
 from security.inspection.state import StateUnavailableError
 
 # The Inspection attributes the supervisor hosts and the workers share, by name.
-SHARED = ("limiter", "budgets", "state")
+SHARED = ("limiter", "budgets", "state", "admission")
 
 
 class Caller(Protocol):
@@ -81,6 +82,25 @@ class SharedBudgets(_Remote):
         return result
 
 
+class SharedAdmission(_Remote):
+    def __init__(self, caller: Caller, target: str = "admission") -> None:
+        super().__init__(caller, target)
+
+    async def admit(
+        self,
+        *,
+        subject_rate: SubjectRate | None,
+        charges: list[Charge],
+        cooldown_key: str | None,
+        now: float,
+    ) -> Admitted:
+        found = await self.call(
+            "admit", subject_rate=subject_rate, charges=charges, cooldown_key=cooldown_key, now=now
+        )
+        result: Admitted = _expect(found, Admitted, "admit")
+        return result
+
+
 class SharedDetectorState(_Remote):
     def __init__(self, caller: Caller, target: str = "state") -> None:
         super().__init__(caller, target)
@@ -130,6 +150,7 @@ def share(inspection: Any, caller: Caller) -> None:
         "limiter": SharedRateLimiter(caller),
         "budgets": SharedBudgets(caller),
         "state": SharedDetectorState(caller),
+        "admission": SharedAdmission(caller),
     }
     for name in SHARED:
         local = getattr(inspection, name)

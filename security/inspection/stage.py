@@ -34,7 +34,8 @@ from gateway.errors import (
 )
 from gateway.pipeline import InferQuery, Principal, RankQuery, RequestContext, Stage
 from policies import PolicyReader
-from security.inspection.budget import Budgets, Charge
+from security.inspection.admission import Admits, SubjectRate
+from security.inspection.budget import Charge
 from security.inspection.detector import Detector, Histories, Observation
 from security.inspection.metrics import InspectionMetrics
 from security.inspection.ratelimit import RateLimiter
@@ -174,20 +175,18 @@ class InspectStage:
     def __init__(
         self,
         detector: Detector | None,
-        budgets: Budgets,
+        admission: Admits,
         policy: PolicyReader,
         metrics: InspectionMetrics,
         clock: Clock,
         *,
-        limiter: RateLimiter | None = None,
         secret: bytes = b"",
     ) -> None:
         self._detector = detector
-        self._budgets = budgets
+        self._admission = admission
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._limiter = limiter
         self._secret = secret[:64]
 
     async def __call__(self, ctx: RequestContext) -> RequestContext:
@@ -206,20 +205,18 @@ class InspectStage:
 
         return {f"{prefix}/{hashed(name)}": n for name, n in subjects.items()}
 
-    async def _limits(
-        self, principal: Principal, query: InferQuery | RankQuery, now: float
-    ) -> None:
-        """Per-subject rate limit, then every query budget that applies, all or nothing."""
+    async def _admit(
+        self,
+        principal: Principal,
+        query: InferQuery | RankQuery,
+        now: float,
+        cooldown_key: str | None,
+    ) -> float:
+        """Per-subject rate limit, then every query budget that applies (all or nothing),
+        then the cool-down of `cooldown_key` if given: one state call (admission)."""
         data = self._policy.in_force().data
         subjects = self._subject_keys(principal, data_subjects(query))
         rate = data.rate_limits.per_subject
-        if rate is not None and self._limiter is not None and subjects:
-            take = await self._limiter.take_all(
-                ["sr:" + key for key in subjects], rate=rate.rps, burst=rate.burst, now=now
-            )
-            if not take.allowed:
-                self._metrics.refusal("subject_rate").inc()
-                raise TooManyRequests(take.retry_after_s, log_cause="subject rate limit")
         budgets = data.query_budgets
         rows = _rows(query)
         charges = [
@@ -235,32 +232,49 @@ class InspectStage:
             for key, n in subjects.items()
             for b in budgets.per_subject
         ]
-        if charges:
-            spent = await self._budgets.spend_all(charges, now=now)
-            if not spent.allowed:
-                self._metrics.refusal("budget").inc()
-                raise QueryBudgetExhausted(spent.retry_after_s, log_cause="query budget")
+        admitted = await self._admission.admit(
+            subject_rate=(
+                SubjectRate(tuple("sr:" + key for key in subjects), rate.rps, rate.burst)
+                if rate is not None and subjects
+                else None
+            ),
+            charges=charges,
+            cooldown_key=cooldown_key,
+            now=now,
+        )
+        if admitted.refused == "subject_rate":
+            self._metrics.refusal("subject_rate").inc()
+            raise TooManyRequests(admitted.retry_after_s, log_cause="subject rate limit")
+        if admitted.refused is not None:
+            self._metrics.refusal("budget").inc()
+            raise QueryBudgetExhausted(admitted.retry_after_s, log_cause="query budget")
+        return admitted.cooldown_until
 
     async def _inspect(self, ctx: RequestContext) -> RequestContext:
         principal, query = ctx.principal, ctx.payload
         if principal is None or not isinstance(query, InferQuery | RankQuery):
             raise InternalError(log_cause="inspect stage without a decoded query")
         now = self._clock()
-        await self._limits(principal, query, now)
+        key = client_key(principal, per_subject=True)
+        # No feature value the client chose (/v1/rank, OIP by ids: the store fills the
+        # features): nothing to inspect, only the cool-down applies, asked with the limits.
+        chosen = isinstance(query, InferQuery) and self._chosen_features(query)
+        started = time.perf_counter()
+        until = await self._admit(
+            principal, query, now, key if self._detector is not None and not chosen else None
+        )
         if self._detector is None:
             return ctx
         policy = self._policy.in_force().data.detection
-        key = client_key(principal, per_subject=True)
-        started = time.perf_counter()
-        if isinstance(query, InferQuery) and self._chosen_features(query):
+        if chosen:
+            assert isinstance(query, InferQuery)  # noqa: S101 - `chosen` says so
+            started = time.perf_counter()
             histories = Histories(client=client_key(principal), tenant=tenant_key(principal))
             observation = await self._detector.observe(
                 key, query.feeds, now, policy, ctx.request_id, histories=histories
             )
         else:
-            # No feature value the client chose (/v1/rank, OIP by ids: the store fills
-            # the features): nothing to perturb, only the cool-down applies.
-            observation = await self._detector.cooldown_only(key, now, policy)
+            observation = Detector.cooled(until, now)
         elapsed = time.perf_counter() - started
         self._metrics.detector_seconds.observe(elapsed)
         fired = bool(observation.signals)

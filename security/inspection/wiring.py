@@ -16,6 +16,7 @@ from gateway.pipeline import InferQuery, InspectionView, RankQuery, Stage
 from gateway.settings import Settings
 from models import load_arrays
 from policies import PolicyReader
+from security.inspection.admission import Admission, Admits
 from security.inspection.bounds import Bounds
 from security.inspection.budget import Budgets, MemoryBudgets, RedisBudgets
 from security.inspection.detector import Detector
@@ -53,18 +54,24 @@ class Inspection:
     redis: Any = None
     secret: bytes = b""
     perturber: ScorePerturber | None = None
+    # Stage 5's limits and cool-down as one call, over the three objects above.
+    admission: Admits | None = None
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.limiter, self.budgets, self.state)
 
     def authorize(self, inner: Stage) -> Stage:
         return RateLimitedAuthorize(inner, self.limiter, self.policy, self.metrics, self.clock)
 
     def stage(self) -> InspectStage:
+        assert self.admission is not None  # noqa: S101 - set in __post_init__
         return InspectStage(
             self.detector,
-            self.budgets,
+            self.admission,
             self.policy,
             self.metrics,
             self.clock,
-            limiter=self.limiter,
             secret=self.secret,
         )
 

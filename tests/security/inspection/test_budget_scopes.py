@@ -15,6 +15,7 @@ from gateway.pipeline import InferQuery, Principal, RankQuery, RequestContext
 from policies.bundle import load_bundle
 from policies.data_policy import DataPolicy, Rate, RateLimitPolicy
 from policies.in_force import InForce
+from security.inspection.admission import Admission
 from security.inspection.budget import MemoryBudgets
 from security.inspection.metrics import InspectionMetrics
 from security.inspection.ratelimit import MemoryRateLimiter
@@ -34,11 +35,10 @@ def shipped() -> DataPolicy:
 def stage(data: DataPolicy, clock: list[float]) -> InspectStage:
     return InspectStage(
         None,  # detection is not under test here
-        MemoryBudgets(),
+        Admission(MemoryRateLimiter(), MemoryBudgets(), None),
         InForce(data, "test"),
         InspectionMetrics(CollectorRegistry()),
         lambda: clock[0],
-        limiter=MemoryRateLimiter(),
         secret=b"k" * 32,
     )
 
@@ -152,13 +152,13 @@ async def test_only_feature_values_the_client_chose_are_inspected(
     """Feature provenance: by ids the store filled the features (nothing to inspect);
     a declared client feature, or raw tensors, are inspected."""
     clock = [T0]
+    detector = make_detector()
     inspect = InspectStage(
-        make_detector(),
-        MemoryBudgets(),
+        detector,
+        Admission(MemoryRateLimiter(), MemoryBudgets(), detector.state),
         InForce(shipped, "test"),
         InspectionMetrics(CollectorRegistry()),
         lambda: clock[0],
-        limiter=MemoryRateLimiter(),
         secret=b"k" * 32,
     )
     feeds = {
