@@ -18,9 +18,11 @@ from gateway.settings import Settings
 from gateway.workers.channel import RESYNC, ChannelError, WorkerLink
 from gateway.workers.codec import FrameError, decode, encode, split
 from gateway.workers.state_server import StateServer
+from security.inspection.admission import Admission, SubjectRate
 from security.inspection.budget import Charge, MemoryBudgets
 from security.inspection.ratelimit import MemoryRateLimiter
 from security.inspection.shared_state import (
+    SharedAdmission,
     SharedBudgets,
     SharedDetectorState,
     SharedRateLimiter,
@@ -30,8 +32,14 @@ from security.inspection.state import MemoryState, StateUnavailableError
 
 @contextlib.asynccontextmanager
 async def serving(path: Path) -> AsyncIterator[StateServer]:
+    limiter, budgets, detector_state = MemoryRateLimiter(), MemoryBudgets(), MemoryState()
     state = StateServer(
-        {"limiter": MemoryRateLimiter(), "budgets": MemoryBudgets(), "state": MemoryState()}
+        {
+            "limiter": limiter,
+            "budgets": budgets,
+            "state": detector_state,
+            "admission": Admission(limiter, budgets, detector_state),
+        }
     )
     stop = await state.serve(path)
     try:
@@ -86,6 +94,47 @@ async def test_budgets_and_detector_state_are_shared(sock: Path) -> None:
             "c", now=1001.0, window_s=600, after=2, cooldown_s=30, member="r2"
         )
         assert (count, cooldown) == (2, 1031.0)
+        for link in links:
+            await link.aclose()
+
+
+@pytest.mark.asyncio
+async def test_stage_5s_limits_and_cooldown_are_one_call_in_order(sock: Path) -> None:
+    async with serving(sock) as state:
+        links = [WorkerLink(str(sock), worker=i) for i in range(2)]
+        admissions = [SharedAdmission(link) for link in links]
+        rate = SubjectRate(("sr:u1",), rps=1.0, burst=2)
+        charges = [Charge("c:x", 10, 25, 3600)]
+        first = await admissions[0].admit(
+            subject_rate=rate, charges=charges, cooldown_key="x", now=100.0
+        )
+        assert (first.refused, first.cooldown_until) == (None, 0.0)
+        assert state.calls == 1  # the three checks, one round trip
+        second = await admissions[1].admit(
+            subject_rate=rate, charges=charges, cooldown_key="x", now=100.0
+        )
+        assert second.refused is None
+        # The subject's bucket is empty: refused there, so the budget is not charged.
+        third = await admissions[0].admit(
+            subject_rate=rate, charges=charges, cooldown_key="x", now=100.0
+        )
+        assert third.refused == "subject_rate" and third.retry_after_s > 0
+        budgets = SharedBudgets(links[1])
+        assert (await budgets.spend("c:x", 5, limit=25, window_s=3600, now=100.0)).allowed
+        # Now the budget refuses (25 of 25 rows spent), before the cool-down is asked.
+        fourth = await admissions[1].admit(
+            subject_rate=None, charges=charges, cooldown_key="x", now=100.0
+        )
+        assert fourth.refused == "budget" and fourth.retry_after_s > 0
+        # A cool-down set by one worker is what the other's admission reports.
+        for n in range(2):
+            await SharedDetectorState(links[0]).strike(
+                "x", now=100.0, window_s=600, after=2, cooldown_s=30, member=f"r{n}"
+            )
+        cooled = await admissions[1].admit(
+            subject_rate=None, charges=[], cooldown_key="x", now=101.0
+        )
+        assert (cooled.refused, cooled.cooldown_until) == (None, 130.0)
         for link in links:
             await link.aclose()
 
@@ -245,10 +294,19 @@ def test_with_redis_the_workers_share_it_directly(
 
     settings = make_settings(inspection={"redis_url": "redis://127.0.0.1:6379/15"})
     assert hosted_objects(settings) == {}
-    assert set(hosted_objects(make_settings())) == {"limiter", "budgets", "state"}
+    hosted = hosted_objects(make_settings())
+    assert set(hosted) == {"limiter", "budgets", "state", "admission"}
+    # The hosted admission runs over the very objects hosted beside it.
+    admission = hosted["admission"]
+    assert isinstance(admission, Admission)
+    assert admission.limiter is hosted["limiter"] and admission.state is hosted["state"]
     components = open_components(settings, workers=WorkerLink(str(sock), worker=1))
     try:
         assert isinstance(components.inspection.limiter, RedisRateLimiter)
+        admission = components.inspection.admission
+        assert (
+            isinstance(admission, Admission) and admission.limiter is components.inspection.limiter
+        )
         assert components.workers is not None
     finally:
         asyncio.run(components.aclose())
