@@ -118,14 +118,16 @@ async def test_stage_5s_limits_and_cooldown_are_one_call_in_order(sock: Path) ->
         third = await admissions[0].admit(
             subject_rate=rate, charges=charges, cooldown_key="x", now=100.0
         )
-        assert third.refused == "subject_rate" and third.retry_after_s > 0
+        assert third.refused == "subject_rate"
+        assert third.retry_after_s > 0
         budgets = SharedBudgets(links[1])
         assert (await budgets.spend("c:x", 5, limit=25, window_s=3600, now=100.0)).allowed
         # Now the budget refuses (25 of 25 rows spent), before the cool-down is asked.
         fourth = await admissions[1].admit(
             subject_rate=None, charges=charges, cooldown_key="x", now=100.0
         )
-        assert fourth.refused == "budget" and fourth.retry_after_s > 0
+        assert fourth.refused == "budget"
+        assert fourth.retry_after_s > 0
         # A cool-down set by one worker is what the other's admission reports.
         for n in range(2):
             await SharedDetectorState(links[0]).strike(
@@ -299,13 +301,17 @@ def test_with_redis_the_workers_share_it_directly(
     # The hosted admission runs over the very objects hosted beside it.
     admission = hosted["admission"]
     assert isinstance(admission, Admission)
-    assert admission.limiter is hosted["limiter"] and admission.state is hosted["state"]
+    assert admission.limiter is hosted["limiter"]
+    assert admission.state is hosted["state"]
     components = open_components(settings, workers=WorkerLink(str(sock), worker=1))
     try:
         assert isinstance(components.inspection.limiter, RedisRateLimiter)
         admission = components.inspection.admission
         assert (
-            isinstance(admission, Admission) and admission.limiter is components.inspection.limiter
+            isinstance(admission, Admission)
+        )
+        assert (
+            admission.limiter is components.inspection.limiter
         )
         assert components.workers is not None
     finally:
