@@ -84,7 +84,7 @@ class SubjectKeys:
 
     def handle(self, tenant: str | None, subject_id: str) -> bytes:
         message = (tenant or "").encode() + b"\x00" + subject_id.encode()
-        return hmac.new(self._handle_key, message, hashlib.sha256).digest()
+        return hmac.digest(self._handle_key, message, "sha256")
 
     def cached(self, handle: bytes) -> SubjectKey | None:
         found = self._cache.get(handle)

@@ -93,6 +93,20 @@ def process_group_cpu(pgid: int) -> float:
     return total / ticks
 
 
+def wait_quiet(pgid: int, *, timeout: float = 60.0) -> None:
+    """Until the server's processes use under 5 % of a core for a second. `/readyz` answers
+    once one worker is up, while the others may still be building their apps (seconds of
+    CPU, and wrk's connections would all land on the first): that must not be measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = process_group_cpu(pgid)
+        time.sleep(1.0)
+        if process_group_cpu(pgid) - before < 0.05:
+            return
+    print(f"warning: server (process group {pgid}) still busy {timeout:.0f} s after ready",
+          file=sys.stderr)  # fmt: skip
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -146,6 +160,7 @@ def started(server: Server) -> Iterator[Server]:
     server.pid = proc.pid
     try:
         wait_ready(server.ready_url, timeout=120)
+        wait_quiet(proc.pid)
         yield server
     finally:
         # The whole group: uvicorn's workers, Triton's server binary.

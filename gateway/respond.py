@@ -80,18 +80,21 @@ class RankRespondStage:
         scores = np.asarray(result.scores, dtype=np.float64)
         top_k = query.top_k if shape.max_k is None else min(query.top_k, shape.max_k)
         # Stable sort on the negated score: ties keep the client's candidate order.
-        order = np.argsort(-scores, kind="stable")[:top_k].tolist()
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        ids = [result.item_ids[i] for i in order.tolist()]
+        ranks = range(1, len(ids) + 1)
+        # One dict literal per item from zipped columns: the cheapest way to hand orjson
+        # a hundred items (indexing and enumerate per item cost a quarter more).
         if shape.mode == "rank_only":
             items: list[dict[str, Any]] = [
-                {"item_id": result.item_ids[i], "rank": rank}
-                for rank, i in enumerate(order, start=1)
+                {"item_id": item, "rank": rank} for item, rank in zip(ids, ranks, strict=True)
             ]
         else:
             decimals = shape.decimals if shape.mode == "rounded" else SCORE_DECIMALS
-            rounded = np.round(scores[order], decimals).tolist()
+            rounded = scores[order].round(decimals).tolist()
             items = [
-                {"item_id": result.item_ids[i], "rank": rank, "score": score}
-                for rank, (i, score) in enumerate(zip(order, rounded, strict=True), start=1)
+                {"item_id": item, "rank": rank, "score": score}
+                for item, rank, score in zip(ids, ranks, rounded, strict=True)
             ]
         body = {
             "request_id": ctx.request_id,

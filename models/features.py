@@ -135,12 +135,14 @@ class FeatureStore:
 
     def inputs_for(self, user_id: str, item_ids: Sequence[str]) -> dict[str, NDArray[np.generic]]:
         """ONNX inputs for one user and n candidates (hot path: no per-item numpy calls)."""
-        lookup = self._item_row.get
-        rows = [lookup(i, 0) for i in item_ids]
-        if 0 in rows:
-            raise UnknownItems([n for n, r in enumerate(rows) if r == 0])
-        n = len(rows)
-        item_idx = np.array(rows, dtype=np.int64)
+        n = len(item_ids)
+        try:
+            item_idx = np.fromiter(map(self._item_row.__getitem__, item_ids), np.int64, n)
+        except KeyError:
+            item_idx = np.zeros(1, dtype=np.int64)  # reported just below
+        if not item_idx.all():  # row 0 is no item: an unknown id
+            lookup = self._item_row.get
+            raise UnknownItems([k for k, i in enumerate(item_ids) if not lookup(i, 0)])
         user_row = self._user_row.get(user_id, 0)
         return {
             "user_id": np.full(n, user_row, dtype=np.int64),

@@ -17,7 +17,6 @@ answer; the shadow's outcome and score difference go to metrics only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import string
@@ -58,7 +57,7 @@ def assign(salt: bytes, model: str, user_id: str, variants: Sequence[Variant]) -
     """Index of the variant this user gets; stable for (salt, model, user, weights)."""
     if not variants:
         raise ValueError("no variants to assign")
-    digest = hmac.new(salt, model.encode() + b"\0" + user_id.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(salt, model.encode() + b"\0" + user_id.encode(), "sha256")
     point = int.from_bytes(digest[:8], "big") / 2.0**64
     total = sum(v.weight for v in variants)
     cumulative = 0.0

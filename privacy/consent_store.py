@@ -19,7 +19,6 @@ it). Every method blocks: callers run them off the event loop. Failures raise
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import sqlite3
@@ -71,13 +70,13 @@ class ConsentStore:
 
     def handle(self, tenant: str | None, subject_id: str) -> bytes:
         message = (tenant or "").encode() + b"\x00" + subject_id.encode()
-        return hmac.new(self._handle_key, message, hashlib.sha256).digest()
+        return hmac.digest(self._handle_key, message, "sha256")
 
     def feature_handle(self, tenant: str | None, user_id: str) -> bytes:
         """The key an erasure is remembered under for the feature store. Tenant-bound: an
         erasure by another tenant's caller must never blank the owning tenant's row."""
         message = (tenant or "").encode() + b"\x00" + user_id.encode()
-        return hmac.new(self._feature_key, message, hashlib.sha256).digest()
+        return hmac.digest(self._feature_key, message, "sha256")
 
     # -- backend hooks -------------------------------------------------------
 

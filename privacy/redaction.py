@@ -206,18 +206,18 @@ class Redactor:
         name = tenant or ""
         key = self._tenant_keys.get(name)
         if key is None:
-            key = hmac.new(self._pseudonym_root, name.encode(), hashlib.sha256).digest()
+            key = hmac.digest(self._pseudonym_root, name.encode(), "sha256")
             self._tenant_keys[name] = key
         return key
 
     def pseudonym(self, entity: str, value: str, tenant: str | None) -> str:
         message = entity.encode() + b"\x00" + _normalise(value).encode()
-        digest = hmac.new(self.tenant_key(tenant), message, hashlib.sha256).hexdigest()
+        digest = hmac.digest(self.tenant_key(tenant), message, "sha256").hex()
         return f"<{entity}:{digest[:16]}>"
 
     def _cache_id(self, text: str, rules: RedactionRules, tenant: str | None) -> bytes:
         message = b"\x00".join((rules.identity, (tenant or "").encode(), text.encode()))
-        return hmac.new(self._cache_key, message, hashlib.sha256).digest()
+        return hmac.digest(self._cache_key, message, "sha256")
 
     def cached(self, text: str, rules: RedactionRules, tenant: str | None) -> Redacted | None:
         if self._cache_size <= 0:

@@ -18,7 +18,6 @@ every request (the cache holds tokens, not connections).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -81,7 +80,7 @@ class TokenCache:
         self._entries: OrderedDict[bytes, Verified] = OrderedDict()
 
     def key(self, token: str) -> bytes:
-        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+        return hmac.digest(self._key, token.encode(), "sha256")
 
     def get(self, key: bytes) -> Verified | None:
         found = self._entries.get(key)
