@@ -68,6 +68,10 @@ class _Window:
     def add(self, now: float, counts: np.ndarray) -> None:
         epoch = self.epoch(now)
         slot = epoch % len(self._epochs)
+        if epoch < self._epochs[slot]:
+            # Rows binned late (a flush racing another) from a whole window ago: out of the
+            # window already, and they must not wipe the newer slice that holds the slot.
+            return
         if self._epochs[slot] != epoch:
             self._epochs[slot] = epoch
             self._counts[slot] = 0

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import Settings
 from models.demo_package import store_input_arrays
-from models.drift import BINS, DriftBoard, psi
+from models.drift import BINS, DriftBoard, _Window, psi
 from models.stats import feature_stats
 
 JSON = {"Content-Type": "application/json"}
@@ -83,6 +83,26 @@ def test_scores_drift_against_the_versions_own_first_scores() -> None:
     for _ in range(10):
         watch({}, rng.normal(1.0, 1.0, 100))  # a degraded model: scores moved up
     assert gauges(board)[("gateway_score_drift_psi", "m", "2")] > 0.25
+
+
+def test_rows_binned_a_window_late_never_wipe_newer_counts() -> None:
+    window = _Window(1, window_s=900.0, slots=15)
+    window.add(2_000.0, np.ones((1, BINS), dtype=np.int64))
+    # 900 s older: the same slot, a slice that has left the window.
+    window.add(1_100.0, np.full((1, BINS), 5, dtype=np.int64))
+    assert window.total(2_000.0).tolist() == [[1] * BINS]
+
+
+def test_pending_rows_count_in_the_slot_of_their_own_time() -> None:
+    now = [0.0]
+    board = DriftBoard(lambda _n, _v: None, baseline_rows=100, min_rows=200, clock=lambda: now[0])
+    watch = board.watcher("m", "1")
+    rng = np.random.default_rng(5)
+    watch({}, rng.normal(0.0, 1.0, 100))  # the baseline
+    for _ in range(3):  # binned only when read: still pending here
+        watch({}, rng.normal(0.0, 1.0, 100))
+    now[0] += 10_000  # a window later, these rows have aged out: nothing to report
+    assert gauges(board) == {}
 
 
 def test_a_short_window_reports_nothing() -> None:
