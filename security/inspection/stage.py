@@ -259,6 +259,7 @@ class InspectStage:
         # No feature value the client chose (/v1/rank, OIP by ids: the store fills the
         # features): nothing to inspect, only the cool-down applies, asked with the limits.
         chosen = isinstance(query, InferQuery) and self._chosen_features(query)
+        # By ids, the detector's time is that of the one state call that asked its cool-down.
         started = time.perf_counter()
         until = await self._admit(
             principal, query, now, key if self._detector is not None and not chosen else None
