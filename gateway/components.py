@@ -26,7 +26,7 @@ from gateway.derivation import Purpose
 from gateway.errors import NotFound
 from gateway.event_store import open_event_store
 from gateway.metrics import CountersOf, Metrics
-from gateway.pipeline import Pipeline, RequestContext
+from gateway.pipeline import LoopLoad, Pipeline, RequestContext
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
 from gateway.tls_scope import client_cert_thumbprint
@@ -82,6 +82,8 @@ class Components:
     telemetry: Telemetry | None = None  # None: no spans at all (tests that build by hand)
     # `serve --workers N` without Redis: the supervisor's state server (gateway.workers).
     workers: WorkerLink | None = None
+    # The requests in a pipeline on this loop (stage 6 runs inline for a lone request).
+    load: LoopLoad = field(default_factory=LoopLoad)
 
     def context(self, request: Request, action: str, body: bytes = b"") -> RequestContext:
         return RequestContext(
@@ -190,7 +192,8 @@ def open_components(
     policy = open_policy(settings)
     policy.observe(metrics)
     # After the policy: loading checks each package against it (names, min_version).
-    serving = open_serving(settings, metrics, policy)
+    load = LoopLoad()
+    serving = open_serving(settings, metrics, policy, alone=load.alone)
     audit: AuditLog | None = None
     if settings.audit.enabled:
         audit = open_audit_log(settings, clock=clock)
@@ -255,4 +258,5 @@ def open_components(
         ),
         telemetry=Telemetry(settings.telemetry),
         workers=workers,
+        load=load,
     )

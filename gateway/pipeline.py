@@ -303,6 +303,20 @@ STAGE_MODULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 StageObserver = Callable[[str, float], None]
 
 
+class LoopLoad:
+    """How many requests are inside a pipeline on this event loop now, whatever their
+    surface (REST, gRPC): stage 6 runs a small model on the loop itself when its request
+    is the only one (models.ranker, `inference_mode = "auto"`). Event-loop only."""
+
+    __slots__ = ("running",)
+
+    def __init__(self) -> None:
+        self.running = 0
+
+    def alone(self) -> bool:
+        return self.running <= 1
+
+
 def _no_observer(_stage: str, _seconds: float) -> None:
     return None
 
@@ -317,8 +331,10 @@ class Pipeline:
         final: Sequence[FinalStage] = (),
         observe: StageObserver = _no_observer,
         log_client: Callable[[Principal], str] | None = None,
+        load: LoopLoad | None = None,
     ) -> None:
         self.stages = tuple(stages)
+        self._load = load if load is not None else LoopLoad()
         self.final = tuple(final)
         self._observe = observe
         # How a log line names the caller (gateway.wiring); None: it does not.
@@ -337,12 +353,19 @@ class Pipeline:
         Routes whose work follows authorization (proofs, metadata, reloads) pass it as
         `then`, so a failure there is audited with the status the client really gets.
         """
+        if then is not None and then.name != "respond":
+            raise ValueError("a route's own step runs as the respond stage")
+        self._load.running += 1
+        try:
+            return await self._run(ctx, then)
+        finally:
+            self._load.running -= 1
+
+    async def _run(self, ctx: RequestContext, then: Stage | None) -> RequestContext:
         error: GatewayError | None = None
         timings: dict[str, float] = {}
         traced = recording()  # once: a span per stage only where the request is traced
         stages = self.stages if then is None else (*self.stages, then)
-        if then is not None and then.name != "respond":
-            raise ValueError("a route's own step runs as the respond stage")
         try:
             for stage in stages:
                 started = time.perf_counter()

@@ -183,9 +183,12 @@ class ModelSettings(_Frozen):
     ] = Field(default=("CPUExecutionProvider",), min_length=1)
     # Where session.run runs: "executor" hands it to the inference thread pool;
     # "inline" runs it on the event loop (no hand-off; a long run blocks every request
-    # meanwhile). Inline measured no less CPU per request and lower throughput on the
-    # demo model (issue 18): the executor overlaps the run with the loop's other work.
-    inference_mode: Literal["executor", "inline"] = "executor"
+    # meanwhile); "auto" runs it on the loop while its request is the loop's only one,
+    # else on the pool (CPU sessions only). Inline throughout measured no less CPU per
+    # request and lower throughput under load on the demo model (issue 18): the executor
+    # overlaps the run with the loop's other work. Alone, nothing overlaps: at
+    # concurrency 1 "auto" cut CPU per request by 10-15 % (bench/cpu_split).
+    inference_mode: Literal["executor", "inline", "auto"] = "auto"
     batching: BatchingSettings = BatchingSettings()
     # Stage 6 on onnxruntime in this process ("local"), or on a remote Open Inference
     # Protocol v2 server ("remote": Triton, KServe, MLServer; see `remote`). Every other

@@ -64,6 +64,7 @@ def build_pipelines(c: Components) -> dict[str, Pipeline]:
             final=final,
             observe=c.metrics.observe_stage,
             log_client=log_client,
+            load=c.load,
         )
 
     pipelines: dict[str, Pipeline] = {action: pipeline() for action in _PLAIN_ACTIONS}

@@ -1,7 +1,8 @@
 """The ranker runtime: one onnxruntime session, created from bytes.
 
 A run goes to the inference thread pool ("executor"), or runs on the event loop
-("inline": a small model's run costs less than the hand-off), optionally through the
+("inline": a small model's run costs less than the hand-off), or on the loop only while
+its request is the only one there ("auto", given `alone`), optionally through the
 micro-batcher (models.batching), or to a remote OIP server (models.remote) while the
 local session still gives the verified model's signature.
 """
@@ -100,9 +101,13 @@ class Ranker:
         inline: bool = False,
         batching: tuple[float, int] | None = None,
         remote: RemoteBackend | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         """`providers`: resolved by models.ort.resolve_providers. `batching`: (max wait
-        in seconds, max rows) to micro-batch concurrent runs; None runs each alone."""
+        in seconds, max rows) to micro-batch concurrent runs; None runs each alone.
+        `alone`: whether the event loop has no other request in flight; a CPU session then
+        runs on the loop (nothing else waits for it, and the hand-off to a thread and back
+        cost more than the run at concurrency 1: about a tenth of the request's CPU)."""
         self.ref = ModelRef(
             name=name, version=version, digest=hashlib.sha256(model_bytes).hexdigest()
         )
@@ -126,6 +131,8 @@ class Ranker:
         self._watch = watch
         self._marks = marks
         self._inline = inline
+        # Only a CPU session: a GPU's first runs (warm-up, graph capture) take seconds.
+        self._alone = alone if self.providers == (CPU_PROVIDER,) else None
         self._remote = remote
         self._batcher = (
             MicroBatcher(
@@ -179,7 +186,7 @@ class Ranker:
     async def _run_once(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._remote is not None:
             return await self._run_remote(self._remote, feeds)
-        if self._inline:
+        if self._inline or (self._alone is not None and self._alone()):
             return self._run(feeds)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, feeds)

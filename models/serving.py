@@ -389,7 +389,13 @@ def remote_backend(settings: Settings) -> RemoteBackend:
     )
 
 
-def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) -> Serving:
+def open_serving(
+    settings: Settings,
+    metrics: Metrics,
+    policy: PolicyInForce,
+    *,
+    alone: Callable[[], bool] | None = None,
+) -> Serving:
     """Open the keyring, the registry and the feature store, and load what must be served.
 
     Never raises for a model that cannot be served: the gateway starts not-ready and
@@ -425,6 +431,7 @@ def open_serving(settings: Settings, metrics: Metrics, policy: PolicyInForce) ->
             inline=cfg.inference_mode == "inline",
             batching=batching,
             remote=remote,
+            alone=alone if cfg.inference_mode == "auto" else None,
         )
 
     def attach(serving: Serving) -> Serving:
