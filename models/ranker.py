@@ -77,6 +77,17 @@ def _spec(arg: object) -> TensorSpec:
 
 
 # onnxruntime raises these for inputs the graph rejects (bad index, shape mismatch).
+# "auto" runs a lone request's model on the event loop up to this many rows (a few
+# hundred microseconds on the demo model); a larger run would hold the loop for longer
+# than a probe or a new request should wait, and goes to the pool.
+ALONE_MAX_ROWS = 4096
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 _ORT_INPUT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name)
     for name in ("InvalidArgument", "RuntimeException", "Fail", "InvalidGraph")
@@ -186,7 +197,9 @@ class Ranker:
     async def _run_once(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._remote is not None:
             return await self._run_remote(self._remote, feeds)
-        if self._inline or (self._alone is not None and self._alone()):
+        if self._inline or (
+            self._alone is not None and _rows(feeds) <= ALONE_MAX_ROWS and self._alone()
+        ):
             return self._run(feeds)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, feeds)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.pipeline import LoopLoad, Pipeline, RequestContext
 from models.demo import model_bytes
-from models.ranker import Ranker
+from models.ranker import ALONE_MAX_ROWS, Ranker
 from tests.models.conftest import Box
 
 FEEDS: dict[str, np.ndarray] = {
@@ -126,3 +126,20 @@ def test_the_served_model_of_a_lone_request_starts_no_inference_thread(
         response = client.post("/v1/rank", json=rank, headers=box.headers("demo"))
         assert response.status_code == 200, response.text
         assert bool(_pool_threads() - before) is pooled
+
+
+def test_a_lone_request_too_large_for_the_loop_goes_to_the_pool() -> None:
+    big = {name: np.repeat(array, ALONE_MAX_ROWS, axis=0) for name, array in FEEDS.items()}
+    threads = Threads()
+    ranker = Ranker(
+        name="demo-ranker",
+        version="1",
+        model_bytes=model_bytes(),
+        observe=threads,
+        alone=lambda: True,
+    )
+    try:
+        asyncio.run(ranker.run(big))
+    finally:
+        ranker.close()
+    assert threads.names[0].startswith("ort-demo-ranker")
