@@ -187,7 +187,7 @@ class ModelSettings(_Frozen):
     # else on the pool (CPU sessions only). Inline throughout measured no less CPU per
     # request and lower throughput under load on the demo model (issue 18): the executor
     # overlaps the run with the loop's other work. Alone, nothing overlaps: at
-    # concurrency 1 "auto" cut CPU per request by 10-15 % (bench/cpu_split).
+    # concurrency 1 "auto" cut CPU per request by about a tenth (bench/cpu_split).
     inference_mode: Literal["executor", "inline", "auto"] = "auto"
     batching: BatchingSettings = BatchingSettings()
     # Stage 6 on onnxruntime in this process ("local"), or on a remote Open Inference
