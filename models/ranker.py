@@ -23,7 +23,7 @@ import numpy as np
 from gateway.errors import ConfigurationError, InvalidRequest
 from gateway.pipeline import ModelRef
 from gateway.telemetry import span
-from models.batching import MicroBatcher
+from models.batching import MicroBatcher, rows_of
 from models.ort import CPU_PROVIDER, ort, session_from_bytes
 from models.remote import RemoteBackend
 
@@ -76,18 +76,12 @@ def _spec(arg: object) -> TensorSpec:
     return TensorSpec(name=name, datatype=_OIP_DATATYPES.get(onnx_type, onnx_type), shape=shape)
 
 
-# onnxruntime raises these for inputs the graph rejects (bad index, shape mismatch).
 # "auto" runs a lone request's model on the event loop up to this many rows (a few
 # hundred microseconds on the demo model); a larger run would hold the loop for longer
 # than a probe or a new request should wait, and goes to the pool.
 ALONE_MAX_ROWS = 4096
 
-
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
-
-
+# onnxruntime raises these for inputs the graph rejects (bad index, shape mismatch).
 _ORT_INPUT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name)
     for name in ("InvalidArgument", "RuntimeException", "Fail", "InvalidGraph")
@@ -194,12 +188,17 @@ class Ranker:
             outputs[first] = self._marks(feeds, outputs[first])
         return outputs
 
+    @staticmethod
+    def _small(feeds: Mapping[str, np.ndarray]) -> bool:
+        """Rows the event loop may run ("auto"); inputs of no common row count go to the
+        pool, where onnxruntime refuses them as it would anywhere."""
+        rows = rows_of(feeds)
+        return rows is not None and rows <= ALONE_MAX_ROWS
+
     async def _run_once(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._remote is not None:
             return await self._run_remote(self._remote, feeds)
-        if self._inline or (
-            self._alone is not None and _rows(feeds) <= ALONE_MAX_ROWS and self._alone()
-        ):
+        if self._inline or (self._alone is not None and self._small(feeds) and self._alone()):
             return self._run(feeds)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, feeds)

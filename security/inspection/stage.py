@@ -258,21 +258,20 @@ class InspectStage:
         key = client_key(principal, per_subject=True)
         # No feature value the client chose (/v1/rank, OIP by ids: the store fills the
         # features): nothing to inspect, only the cool-down applies, asked with the limits.
-        chosen = isinstance(query, InferQuery) and self._chosen_features(query)
+        chosen = query if isinstance(query, InferQuery) and self._chosen_features(query) else None
         # By ids, the detector's time is that of the one state call that asked its cool-down.
         started = time.perf_counter()
         until = await self._admit(
-            principal, query, now, key if self._detector is not None and not chosen else None
+            principal, query, now, key if self._detector is not None and chosen is None else None
         )
         if self._detector is None:
             return ctx
         policy = self._policy.in_force().data.detection
-        if chosen:
-            assert isinstance(query, InferQuery)  # noqa: S101 - `chosen` says so
+        if chosen is not None:
             started = time.perf_counter()
             histories = Histories(client=client_key(principal), tenant=tenant_key(principal))
             observation = await self._detector.observe(
-                key, query.feeds, now, policy, ctx.request_id, histories=histories
+                key, chosen.feeds, now, policy, ctx.request_id, histories=histories
             )
         else:
             observation = Detector.cooled(until, now)
