@@ -1,13 +1,15 @@
 """bench/cpu_split: where a gateway process spends its CPU per request, thread by thread.
 
     python -m bench.cpu_split [--tree PATH ...] [--concurrency 8] [--duration 10] [--rounds 2]
+                              [--workers 1]
 
-Starts `gateway serve --workers 1` from each source tree given (default: this checkout;
+Starts `gateway serve --workers N` from each source tree given (default: this checkout;
 give an older checkout, e.g. `git worktree add /tmp/base f07076d`, to compare), each on
 its own data directory made by that tree's `gateway init` with the per-client limits
 lifted by that tree's own `bench.servers.lift_client_limits`. Drives `/v1/rank` (100
 candidates) with wrk, trees alternating, and prints per request the user+system CPU of
-the event-loop thread and of each other thread (/proc/PID/task), and the total.
+the event-loop thread and of each other thread (/proc/PID/task), and the total; with
+`--workers` above 1, that of the worker processes together and of the supervisor.
 """
 
 from __future__ import annotations
@@ -59,12 +61,34 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def process_cpu(pid: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def split_cpu(pid: int, workers: int) -> dict[str, float]:
+    """One process: by thread. A supervisor: its own CPU and its workers' together."""
+    if workers == 1:
+        return thread_cpu(pid)
+    children = [
+        int(child)
+        for tid in os.listdir(f"/proc/{pid}/task")
+        for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+    ]
+    return {"workers": sum(process_cpu(c) for c in children), "supervisor": process_cpu(pid)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tree", action="append", default=None)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in (args.tree or [Path.cwd()])]
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-split-"))
@@ -83,7 +107,7 @@ def main() -> None:
             if "--workers" in subprocess.run(
                 [*command[:4], "--help"], cwd=tree, capture_output=True, text=True
             ).stdout:
-                command += ["--workers", "1"]
+                command += ["--workers", str(args.workers)]
             proc = subprocess.Popen(command, cwd=tree, env=gateway_env())
             servers.append((tree, proc, port, found))
         lines = []
@@ -102,9 +126,9 @@ def main() -> None:
             for (tree, proc, port, _found), lua in zip(servers, lines, strict=True):
                 url = f"http://127.0.0.1:{port}/v1/rank"
                 wrk(url, lua, args.concurrency, 1.0)
-                before = thread_cpu(proc.pid)
+                before = split_cpu(proc.pid, args.workers)
                 run = wrk(url, lua, args.concurrency, args.duration)
-                after = thread_cpu(proc.pid)
+                after = split_cpu(proc.pid, args.workers)
                 n = run["requests"]
                 per = {k: (v - before.get(k, 0.0)) * 1000 / n for k, v in after.items()}
                 results[tree].append((run["rps"], per))
@@ -114,17 +138,21 @@ def main() -> None:
             proc.wait(timeout=30)
     print(
         f"bench/cpu_split: /v1/rank, 100 candidates, wrk -t1 -c{args.concurrency}, "
-        f"{args.duration:g} s per run, {args.rounds} alternating rounds, cores={os.cpu_count()}"
+        f"{args.duration:g} s per run, {args.rounds} alternating rounds, cores={os.cpu_count()}, "
+        f"--workers {args.workers}"
     )
-    print("| tree | round | rps | total CPU ms/req | event loop | other threads (largest first) |")
+    main_part, others = ("event loop", "other threads") if args.workers == 1 else (
+        "workers", "supervisor"
+    )
+    print(f"| tree | round | rps | total CPU ms/req | {main_part} | {others} (largest first) |")
     print("|---|---|---|---|---|---|")
     for tree, runs in results.items():
         for n, (rps, per) in enumerate(runs, start=1):
-            others = sorted((v for k, v in per.items() if k != "event loop" and v > 0.005),
-                            reverse=True)  # fmt: skip
+            rest = sorted((v for k, v in per.items() if k != main_part and v > 0.005),
+                          reverse=True)  # fmt: skip
             print(
                 f"| {tree} | {n} | {rps:.0f} | {sum(per.values()):.3f} | "
-                f"{per.get('event loop', 0.0):.3f} | {', '.join(f'{v:.3f}' for v in others)} |"
+                f"{per.get(main_part, 0.0):.3f} | {', '.join(f'{v:.3f}' for v in rest)} |"
             )
 
 

@@ -215,7 +215,7 @@ def open_components(
         live_tables=features.tables() if features is not None else None,
     )
     if workers is not None and settings.inspection.redis_url is None:
-        share(inspection, workers)
+        share(inspection, workers, workers.table)
     if features is not None:
         features.on_forget(inspection.forget_user_row)
     experiments = Experiments(

@@ -32,6 +32,7 @@ from gateway.workers.codec import (
     FrameError,
     encode,
 )
+from security.inspection.shared_table import SharedTable
 from security.inspection.state import StateUnavailableError
 
 log = logging.getLogger("gateway.workers")
@@ -102,7 +103,8 @@ class _Connection(FramedProtocol):
 
 class WorkerLink:
     """`call` implements security.inspection.shared_state.Caller; `publish`/`on_event`
-    carry the control plane's changes (gateway.workers.broadcast)."""
+    carry the control plane's changes (gateway.workers.broadcast); `table` is the box's
+    shared table, when the supervisor made one."""
 
     def __init__(
         self,
@@ -111,9 +113,11 @@ class WorkerLink:
         worker: int,
         timeout_s: float = 1.0,
         connect_timeout_s: float = 1.0,
+        table: SharedTable | None = None,
     ) -> None:
         self.path = path
         self.worker = worker
+        self.table = table
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._ids = itertools.count()

@@ -48,13 +48,16 @@ class ServeInputs:
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """One worker: its index (0 serves gRPC when a gRPC port is set), its end of the
-    control socket pair (gateway.workers.worker), and the state server's socket path
-    (None: the configuration shares state through Redis, or there is one worker)."""
+    control socket pair (gateway.workers.worker), the state server's socket path
+    (None: the configuration shares state through Redis, or there is one worker) and
+    the descriptor of the box's shared table (security.inspection.shared_table; None
+    where the supervisor made none)."""
 
     inputs: ServeInputs
     index: int
     control_fd: int
     state_socket: str | None = None
+    table_fd: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -70,8 +73,10 @@ class WorkerSpec:
         if self.state_socket is None:
             return None
         from gateway.workers.channel import WorkerLink
+        from security.inspection.shared_table import SharedTable
 
-        return WorkerLink(self.state_socket, worker=self.index)
+        table = None if self.table_fd is None else SharedTable(self.table_fd)
+        return WorkerLink(self.state_socket, worker=self.index, table=table)
 
 
 def _path(value: str | None) -> Path | None:

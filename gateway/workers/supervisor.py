@@ -9,6 +9,8 @@
    one of two workers served nearly two thirds of the requests while the other idled.
    A worker that dies has its socket closed at once: connections still queued on it are
    reset (their clients retry), new ones go to the other workers until it is back.
+   Each also gets the box's shared table (a memfd: security.inspection.shared_table),
+   where the workers keep rate limits, budgets and cool-downs without a round trip here.
 3. Workers 1..N-1 start together; if one cannot start, everything stops (exit non-zero).
 4. From then on a worker that dies is restarted, after a back-off that doubles with each
    failure in a row (0.5 s up to 30 s) and resets once a worker has served for 30 s.
@@ -42,6 +44,7 @@ from gateway.errors import ConfigurationError
 from gateway.settings import Settings
 from gateway.workers.spec import ServeInputs, WorkerSpec
 from gateway.workers.worker import FAILED, PREPARED, READY
+from security.inspection.shared_table import SharedTable
 
 log = logging.getLogger("gateway.workers")
 
@@ -124,6 +127,7 @@ class Supervisor:
         self._bound_port: int | None = None
         self._stopping = asyncio.Event()
         self._state_socket: str | None = None
+        self._table: SharedTable | None = None
         self._runtime: Path | None = None
 
     # -- the command ---------------------------------------------------------
@@ -147,6 +151,7 @@ class Supervisor:
                     path = self._runtime / "state.sock"
                     stop_state = await self._state_host(path)
                     self._state_socket = str(path)
+                    self._table = _shared_table()
                 try:
                     await self._start_all()
                 except WorkerFailed as exc:
@@ -170,6 +175,9 @@ class Supervisor:
             for sock in self._sockets.values():
                 sock.close()
             self._sockets.clear()
+            if self._table is not None:
+                self._table.close()
+                self._table = None
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return 0
@@ -207,11 +215,13 @@ class Supervisor:
         if self._bound_port is not None:
             # Port 0 was a choice of any port: the workers' settings name the one bound.
             inputs = replace(inputs, port=self._bound_port)
+        table_fd = None if self._table is None else self._table.fd
         spec = WorkerSpec(
             inputs=inputs,
             index=worker.index,
             control_fd=theirs.fileno(),
             state_socket=self._state_socket,
+            table_fd=table_fd,
         )
         try:
             worker.process = await asyncio.create_subprocess_exec(
@@ -219,7 +229,7 @@ class Supervisor:
                 "-m",
                 "gateway.workers.worker",
                 spec.to_json(),
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(),) if table_fd is None else (theirs.fileno(), table_fd),
             )
         finally:
             theirs.close()
@@ -317,6 +327,16 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def _shared_table() -> SharedTable | None:
+    """The workers' shared table (limits, budgets, cool-downs), or None off Linux: the
+    state server then hosts those too, one call away."""
+    try:
+        return SharedTable.create()
+    except (AttributeError, OSError) as exc:
+        log.warning("no shared memory table (%s): limits are kept by the state server", exc)
+        return None
 
 
 def _send_fd(control: socket.socket, fd: int) -> None:

@@ -3,10 +3,11 @@
 The per-subject rate limit, then every query budget that applies (all or nothing), then,
 for a request whose feature values the store filled, the caller's cool-down: in that
 order, each only if the one before let the request through, exactly as three separate
-calls would. Behind `serve --workers N` the supervisor hosts this object, so a request
-costs one round trip to it instead of three (gateway.workers.state_server), and the
-three run back to back there, with no other worker's call in between. On Redis
-(several boxes) it makes the same three calls as before.
+calls would. Behind `serve --workers N` the same checks run on the box's shared table
+under one hold of its lock (table_state.TableAdmission), or, where there is no table,
+in the supervisor, one round trip away (gateway.workers.state_server): either way the
+three run back to back, with no other worker's check in between. On Redis (several
+boxes) it makes the same three calls as before.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Admitted:
 
 
 class Admits(Protocol):
-    """Admission, in process or through the supervisor (shared_state.SharedAdmission)."""
+    """Admission, in process, on the shared table (table_state.TableAdmission) or through
+    the supervisor (shared_state.SharedAdmission)."""
 
     async def admit(
         self,

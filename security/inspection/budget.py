@@ -46,7 +46,8 @@ class Budgets(Protocol):
         ...
 
 
-def _window(now: float, window_s: int) -> tuple[int, float]:
+def window(now: float, window_s: int) -> tuple[int, float]:
+    """The fixed window `now` falls in, and the seconds left in it."""
     index = int(now // window_s)
     return index, (index + 1) * window_s - now
 
@@ -57,7 +58,7 @@ class MemoryBudgets:
         self._max = max_keys
 
     async def spend(self, key: str, rows: int, *, limit: int, window_s: int, now: float) -> Spend:
-        index, remaining = _window(now, window_s)
+        index, remaining = window(now, window_s)
         seen, used = self._used.pop(key, (index, 0))
         if seen != index:
             used = 0
@@ -74,7 +75,7 @@ class MemoryBudgets:
         states = []
         wait = 0.0
         for charge in charges:
-            index, remaining = _window(now, charge.window_s)
+            index, remaining = window(now, charge.window_s)
             name = f"{charge.key}@{charge.window_s}"
             seen, used = self._used.get(name, (index, 0))
             used = used if seen == index else 0
@@ -136,7 +137,7 @@ class RedisBudgets:
         args: list[int] = []
         remaining: list[float] = []
         for charge in charges:
-            index, left = _window(now, charge.window_s)
+            index, left = window(now, charge.window_s)
             keys.append(f"{self._prefix}qb:{charge.key}@{charge.window_s}:{index}")
             args += [charge.rows, charge.limit, charge.window_s + 60]
             remaining.append(left)
@@ -149,7 +150,7 @@ class RedisBudgets:
         return Spend(False, 0, max(remaining[int(i) - 1] for i in over))
 
     async def spend(self, key: str, rows: int, *, limit: int, window_s: int, now: float) -> Spend:
-        index, remaining = _window(now, window_s)
+        index, remaining = window(now, window_s)
         try:
             allowed, used = await self._script(
                 keys=[f"{self._prefix}qb:{key}:{index}"], args=[rows, limit, window_s + 60]

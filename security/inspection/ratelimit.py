@@ -31,6 +31,11 @@ class RateLimiter(Protocol):
         ...
 
 
+def refill(tokens: float, last: float, now: float, rate: float, burst: int) -> float:
+    """A bucket's tokens at `now`, from its level `tokens` at `last`."""
+    return min(float(burst), tokens + max(0.0, now - last) * rate)
+
+
 class MemoryRateLimiter:
     """Bounded: at most `max_keys` buckets; the least recently used go first (a full
     bucket and a forgotten one behave the same, so eviction only ever forgives)."""
@@ -43,7 +48,7 @@ class MemoryRateLimiter:
         self, key: str, *, rate: float, burst: int, now: float, cost: float = 1.0
     ) -> Take:
         tokens, last = self._buckets.pop(key, (float(burst), now))
-        tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
+        tokens = refill(tokens, last, now, rate, burst)
         if tokens >= cost:
             allowed, tokens, wait = True, tokens - cost, 0.0
         else:
@@ -58,7 +63,7 @@ class MemoryRateLimiter:
         wait = 0.0
         for key in keys:
             tokens, last = self._buckets.get(key, (float(burst), now))
-            tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
+            tokens = refill(tokens, last, now, rate, burst)
             if tokens < 1.0:
                 wait = max(wait, (1.0 - tokens) / rate)
             levels.append(tokens)

@@ -5,7 +5,10 @@ in-process factory builds (`SHARED` names them) and each worker reaches them thr
 these clients, which implement the same protocols (`RateLimiter`, `Budgets`,
 `DetectorState`) over a `Caller` (gateway.workers.channel). A call the state server
 does not answer in time raises `StateUnavailableError`: the request is refused with
-503, as when Redis is away (fail closed).
+503, as when Redis is away (fail closed). Where the supervisor could make the box's
+shared table (Linux), limits, budgets and cool-downs are read and written there instead
+(table_state): a request then makes no call to the state server unless the detector
+inspects its own feature values.
 
 A method the clients do not name yet reaches the hosted object all the same through
 `call` (`await state.call("forget", key)`), so a new method of an in-process object
@@ -22,7 +25,14 @@ from numpy.typing import NDArray
 from security.inspection.admission import Admitted, SubjectRate
 from security.inspection.budget import Charge, Spend
 from security.inspection.ratelimit import Take
+from security.inspection.shared_table import SharedTable
 from security.inspection.state import StateUnavailableError
+from security.inspection.table_state import (
+    TableAdmission,
+    TableBudgets,
+    TableDetectorState,
+    TableRateLimiter,
+)
 
 # The Inspection attributes the supervisor hosts and the workers share, by name.
 SHARED = ("limiter", "budgets", "state", "admission")
@@ -142,16 +152,27 @@ class SharedDetectorState(_Remote):
         return None  # the state outlives a worker: the supervisor owns it
 
 
-def share(inspection: Any, caller: Caller) -> None:
+def share(inspection: Any, caller: Caller, table: SharedTable | None = None) -> None:
     """Point a worker's inspection (security.inspection.wiring.Inspection) at the shared
     objects: the in-process ones it was built with are swapped for clients, wherever
-    the detector holds them too."""
-    clients: dict[str, _Remote] = {
+    the detector holds them too. With the box's shared table (Linux: the supervisor
+    made one), limits, budgets and cool-downs live there (table_state) and only the
+    detector's sketch and strikes are calls to the state server."""
+    clients: dict[str, Any] = {
         "limiter": SharedRateLimiter(caller),
         "budgets": SharedBudgets(caller),
         "state": SharedDetectorState(caller),
         "admission": SharedAdmission(caller),
     }
+    if table is not None:
+        limiter, budgets = TableRateLimiter(table), TableBudgets(table)
+        state = TableDetectorState(clients["state"], table)
+        clients = {
+            "limiter": limiter,
+            "budgets": budgets,
+            "state": state,
+            "admission": TableAdmission(limiter, budgets, state),
+        }
     for name in SHARED:
         local = getattr(inspection, name)
         client = clients.get(name) or _Remote(caller, name)

@@ -285,6 +285,36 @@ def test_a_worker_without_its_state_server_refuses_with_503(
     assert response.json()["type"].endswith("inspection-unavailable")
 
 
+def test_with_the_shared_table_a_rank_by_ids_needs_no_state_server(
+    make_settings: Callable[..., Settings], mint: Callable[..., str], sock: Path
+) -> None:
+    """Limits, budgets and the cool-down are in the table: no state server is up, yet
+    /v1/rank (feature values from the store) is served, and its tokens are spent in the
+    table every worker reads."""
+    from security.inspection.shared_table import SharedTable
+    from security.inspection.table_state import TableAdmission, TableRateLimiter
+
+    table = SharedTable.create(slots=1024)
+    try:
+        link = WorkerLink(str(sock), worker=0, timeout_s=0.3, table=table)
+        app = create_app(make_settings(), workers=link)
+        with TestClient(app) as client:
+            components = app.state.components
+            assert isinstance(components.inspection.admission, TableAdmission)
+            assert isinstance(components.inspection.limiter, TableRateLimiter)
+            response = client.post(
+                "/v1/rank",
+                json={"user_id": "u1", "item_ids": ["i1", "i2"]},
+                headers={"Authorization": f"Bearer {mint()}"},
+            )
+        assert response.status_code == 200, response.text
+        with table:
+            # The client's bucket, the subject's, its budgets: each a record in the table.
+            assert table.occupied() >= 2
+    finally:
+        table.close()
+
+
 def test_with_redis_the_workers_share_it_directly(
     make_settings: Callable[..., Settings], sock: Path
 ) -> None:

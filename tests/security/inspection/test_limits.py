@@ -1,4 +1,5 @@
-"""Token buckets and query budgets, in process and in Redis, against the same expectations."""
+"""Token buckets and query budgets, in process, in the workers' shared table and in Redis,
+against the same expectations."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ import redis.asyncio as redis_asyncio
 
 from security.inspection.budget import Budgets, Charge, MemoryBudgets, RedisBudgets
 from security.inspection.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from security.inspection.shared_table import SharedTable
+from security.inspection.table_state import TableBudgets, TableRateLimiter
 
 T0 = 1_800_000_000.0
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", "table", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RateLimiter, Budgets]]:
     if request.param == "memory":
         yield MemoryRateLimiter(max_keys=100), MemoryBudgets(max_keys=100)
+        return
+    if request.param == "table":
+        table = SharedTable.create(slots=1024)
+        try:
+            yield TableRateLimiter(table), TableBudgets(table)
+        finally:
+            table.close()
         return
     url: str = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")
