@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from audit.stage import transport_refusal_recorder
 from gateway.components import open_components
 from gateway.control import ControlPlane
-from gateway.fast_routes import FastRoutes
+from gateway.fast_routes import FastRoutes, GatewayApp
 from gateway.grpc.server import start_grpc
 from gateway.methods import MethodsMiddleware
 from gateway.openapi import install_openapi
@@ -73,7 +73,7 @@ def create_app(
             task.cancel()
         await components.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Secure model gateway",
         version="0.1.0",
         lifespan=lifespan,
@@ -88,15 +88,16 @@ def create_app(
     install_openapi(app, components)
     # Inside stage 0: method refusals and HEAD get a request id, limits and metrics too.
     app.add_middleware(MethodsMiddleware, routes=app.routes)
-    # Right inside stage 0: the hot routes skip the router's layers (gateway.fast_routes).
-    app.add_middleware(
-        FastRoutes,
+    # Stage 0, then the hot routes, in front of all of FastAPI's layers; any other request
+    # goes on to them (gateway.fast_routes).
+    hot = FastRoutes(
+        app.stack,
         routes=app.routes,
         endpoints=(rank.rank, oip.infer, oip.infer_version),
         handlers=app.exception_handlers,
     )
-    app.add_middleware(
-        TransportMiddleware,
+    app.front = TransportMiddleware(
+        hot,
         metrics=components.metrics,
         max_body_bytes=settings.limits.max_body_bytes,
         timeout_s=settings.limits.request_timeout_s,

@@ -10,6 +10,12 @@ layer, right inside stage 0, matches them first and calls them itself. Everythin
 
 An endpoint's exception is answered by the handler the app registered for its type,
 as Starlette's own layers would, so a refusal is the same problem+json either way.
+
+`GatewayApp` puts stage 0 and this layer in front of FastAPI's own outer layers too
+(server errors, FastAPI's exception telemetry, which asks the OpenTelemetry providers
+whether they are configured on every request, and its body limiter): another twentieth
+of the loop. Every other request then goes through all of FastAPI's layers, inside
+stage 0, so a 500 from Starlette's error layer carries the request id as well.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.convertors import Convertor
 from starlette.requests import Request
@@ -102,3 +109,21 @@ class FastRoutes:
             if handler is not None:
                 return handler
         raise exc  # no handler at all: the outer layers answer 500, as before
+
+
+class GatewayApp(FastAPI):
+    """FastAPI whose HTTP requests enter through `front` (stage 0 and `FastRoutes`, set
+    once the app is built), which hands the rest to `stack`: FastAPI's own layers."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self.front
+        if front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # as Starlette sets it: `request.app` finds the components
+        await front(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)

@@ -331,3 +331,26 @@ def test_the_store_lookup_names_an_ambiguous_id_on_every_backend(
             store.index_of("twice")
     finally:
         store.close()
+
+
+def test_a_bug_in_any_route_is_a_problem_500_that_carries_the_request_id(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Stage 0 runs in front of FastAPI's own layers (gateway.fast_routes.GatewayApp): the
+    500 Starlette's error layer sends for an unexpected exception gets the request id and
+    counts in the request metrics, and nothing of the exception reaches the client."""
+    app = create_app(make_settings())
+
+    async def broken() -> None:
+        raise RuntimeError("internal detail 7f3a")
+
+    app.add_api_route("/v1/broken", broken, methods=["GET"])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/v1/broken")
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert GATEWAY_ID.fullmatch(response.headers["x-request-id"])
+    assert response.json()["instance"] == "urn:request:" + response.headers["x-request-id"]
+    assert "7f3a" not in response.text
+    assert re.search(r'gateway_requests_total\{[^}]*status="500"[^}]*\} 1', metrics), metrics
