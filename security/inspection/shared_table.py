@@ -13,11 +13,12 @@ key's whole window is taken, the record touched longest ago gives way: as with t
 bounded in-process stores, forgetting a bucket or a counter only ever forgives, and a
 cool-down is stored with its deadline as its "touched" time, so it goes last.
 
-The lock is a POSIX record lock on the file (released by the kernel if its holder
-dies) plus a thread lock (POSIX locks are per process). It is held for a few memory
-reads and writes, never across an await or any I/O; taking it is one system call.
-One not granted within `LOCK_TIMEOUT_S` (a holder stopped by a debugger, say) fails
-the call with `StateUnavailableError`: the request is refused with 503 (fail closed).
+The lock (`with table:`) is a POSIX record lock on the file (released by the kernel if
+its holder dies) plus a re-entrant thread lock (POSIX locks are per process); taken
+again by its holder it only counts. It is held for a few memory reads and writes,
+never across I/O or an await that suspends; taking it is one system call. One not
+granted within `LOCK_TIMEOUT_S` (a holder stopped by a debugger, say) fails the call
+with `StateUnavailableError`: the request is refused with 503 (fail closed).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class SharedTable:
         self.slots = slots
         self._mask = slots - 1
         self._map = mmap.mmap(fd, size)
-        self._threads = threading.Lock()
+        self._threads = threading.RLock()
+        self._depth = 0  # holds of the file lock by this process (under `_threads`)
 
     @classmethod
     def create(cls, slots: int = DEFAULT_SLOTS) -> SharedTable:
@@ -79,11 +81,13 @@ class SharedTable:
     def __enter__(self) -> SharedTable:
         if not self._threads.acquire(timeout=LOCK_TIMEOUT_S):
             raise StateUnavailableError("shared state table: lock not granted in time")
-        try:
-            self._lock_file()
-        except BaseException:
-            self._threads.release()
-            raise
+        if self._depth == 0:
+            try:
+                self._lock_file()
+            except BaseException:
+                self._threads.release()
+                raise
+        self._depth += 1
         return self
 
     def __exit__(
@@ -92,8 +96,10 @@ class SharedTable:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._depth -= 1
         try:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            if self._depth == 0:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
 

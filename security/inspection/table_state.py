@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from security.inspection.admission import Admitted, SubjectRate
+from security.inspection.admission import Admission, Admitted, SubjectRate
 from security.inspection.budget import Charge, Spend, window
 from security.inspection.ratelimit import Take, refill
 from security.inspection.shared_table import Found, SharedTable
@@ -45,23 +45,20 @@ class TableRateLimiter:
             return Take(False, (cost - tokens) / rate)
 
     async def take_all(self, keys: list[str], *, rate: float, burst: int, now: float) -> Take:
-        with self.table:
-            return self.take_all_held(keys, rate=rate, burst=burst, now=now)
-
-    def take_all_held(self, keys: list[str], *, rate: float, burst: int, now: float) -> Take:
         levels: list[tuple[Found, float]] = []
         wait = 0.0
-        for key in keys:
-            found = self.table.find("rl:" + key)
-            tokens, last = found[2] or (float(burst), now)
-            tokens = refill(tokens, last, now, rate, burst)
-            if tokens < 1.0:
-                wait = max(wait, (1.0 - tokens) / rate)
-            levels.append((found, tokens))
-        if wait:
-            return Take(False, wait)
-        for found, tokens in levels:
-            self.table.store(found, tokens - 1.0, now, now)
+        with self.table:
+            for key in keys:
+                found = self.table.find("rl:" + key)
+                tokens, last = found[2] or (float(burst), now)
+                tokens = refill(tokens, last, now, rate, burst)
+                if tokens < 1.0:
+                    wait = max(wait, (1.0 - tokens) / rate)
+                levels.append((found, tokens))
+            if wait:
+                return Take(False, wait)
+            for found, tokens in levels:
+                self.table.store(found, tokens - 1.0, now, now)
         return Take(True, 0.0)
 
 
@@ -81,23 +78,20 @@ class TableBudgets:
             return Spend(allowed, used, 0.0 if allowed else remaining)
 
     async def spend_all(self, charges: list[Charge], *, now: float) -> Spend:
-        with self.table:
-            return self.spend_all_held(charges, now=now)
-
-    def spend_all_held(self, charges: list[Charge], *, now: float) -> Spend:
         states: list[tuple[Found, int, int]] = []
         wait = 0.0
-        for charge in charges:
-            index, remaining = window(now, charge.window_s)
-            found = self.table.find(f"qb:{charge.key}@{charge.window_s}")
-            used = self._used(found, index) + charge.rows
-            if used > charge.limit:
-                wait = max(wait, remaining)
-            states.append((found, index, used))
-        if wait:
-            return Spend(False, 0, wait)
-        for found, index, used in states:
-            self.table.store(found, index, used, now)
+        with self.table:
+            for charge in charges:
+                index, remaining = window(now, charge.window_s)
+                found = self.table.find(f"qb:{charge.key}@{charge.window_s}")
+                used = self._used(found, index) + charge.rows
+                if used > charge.limit:
+                    wait = max(wait, remaining)
+                states.append((found, index, used))
+            if wait:
+                return Spend(False, 0, wait)
+            for found, index, used in states:
+                self.table.store(found, index, used, now)
         return Spend(True, max((used for _, _, used in states), default=0), 0.0)
 
     @staticmethod
@@ -125,10 +119,7 @@ class TableDetectorState:
 
     async def cooldown(self, key: str, *, now: float) -> float:
         with self.table:
-            return self.cooldown_held(key)
-
-    def cooldown_held(self, key: str) -> float:
-        values = self.table.find("cd:" + key)[2]
+            values = self.table.find("cd:" + key)[2]
         return values[0] if values is not None else 0.0
 
     async def strike(
@@ -149,15 +140,17 @@ class TableDetectorState:
         await self.remote.aclose()
 
 
-class TableAdmission:
-    """`Admission` over the table: the three checks under one hold of its lock."""
+class TableAdmission(Admission):
+    """`Admission` over the table, its three checks under one hold of the table's lock.
+
+    They are the table stores' own calls, which take the lock again (it only counts) and
+    never suspend: nothing else runs on this loop, or in another worker, in between."""
 
     def __init__(
         self, limiter: TableRateLimiter, budgets: TableBudgets, state: TableDetectorState | None
     ) -> None:
-        self.limiter = limiter
-        self.budgets = budgets
-        self.state = state
+        super().__init__(limiter, budgets, state)
+        self.table = limiter.table
 
     async def admit(
         self,
@@ -167,17 +160,7 @@ class TableAdmission:
         cooldown_key: str | None,
         now: float,
     ) -> Admitted:
-        with self.limiter.table:
-            if subject_rate is not None and subject_rate.keys:
-                rate, burst = subject_rate.rps, subject_rate.burst
-                keys = list(subject_rate.keys)
-                take = self.limiter.take_all_held(keys, rate=rate, burst=burst, now=now)
-                if not take.allowed:
-                    return Admitted("subject_rate", take.retry_after_s)
-            if charges:
-                spent = self.budgets.spend_all_held(charges, now=now)
-                if not spent.allowed:
-                    return Admitted("budget", spent.retry_after_s)
-            if cooldown_key is None or self.state is None:
-                return Admitted()
-            return Admitted(cooldown_until=self.state.cooldown_held(cooldown_key))
+        with self.table:
+            return await super().admit(
+                subject_rate=subject_rate, charges=charges, cooldown_key=cooldown_key, now=now
+            )

@@ -66,6 +66,7 @@ def python(code: str, table: SharedTable, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-c", code, str(table.fd), *args],
         pass_fds=(table.fd,),
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -97,6 +98,21 @@ def test_a_lock_not_granted_in_time_fails_closed_and_a_dead_holder_frees_it(
         holder.communicate(timeout=30)
     # The kernel released the dead holder's lock: the table answers again.
     assert asyncio.run(limiter.take("k", rate=1.0, burst=1, now=T0)).allowed
+
+
+def test_the_lock_taken_again_by_its_holder_is_released_only_by_the_last_exit(
+    table: SharedTable,
+) -> None:
+    with table:
+        with table:
+            pass
+        # Still held: another process cannot take a token until the outer hold ends.
+        blocked = python(TAKER, table, "1", repr(T0))
+        _, err = blocked.communicate(timeout=60)
+        assert blocked.returncode != 0
+        assert "lock not granted in time" in err
+    after = python(TAKER, table, "1", repr(T0))
+    assert after.communicate(timeout=60)[0].strip() == "1"
 
 
 def test_a_full_window_forgets_the_record_touched_longest_ago_never_a_cooldown() -> None:
