@@ -110,6 +110,7 @@ def create_app(
         ),
         sources=components.refusals,
         tracer=components.telemetry.tracer if components.telemetry else NO_TRACER,
+        samples_roots=components.telemetry.samples_roots if components.telemetry else True,
         access_log=settings.telemetry.access_log,
     )
     return app

@@ -28,7 +28,7 @@ from gateway.logs import REQUEST_FIELDS
 from gateway.metrics import Metrics
 from gateway.problems import render
 from gateway.randomness import POOL
-from gateway.telemetry import NO_TRACER, parent_from, use_tracer
+from gateway.telemetry import NO_TRACER, parent_from, unsampled_root, use_tracer
 
 log = logging.getLogger("gateway.transport")
 access = logging.getLogger("gateway.access")
@@ -121,10 +121,13 @@ class TransportMiddleware:
         sources: RequestSources | None = None,
         clock: Callable[[], float] = time.time,
         tracer: Tracer = NO_TRACER,
+        samples_roots: bool = True,
         access_log: bool = False,
     ) -> None:
         self.app = app
         self.tracer = tracer
+        # False: the tracer samples no request the caller did not trace (no collector).
+        self.samples_roots = samples_roots
         self.access_log = access_log
         self.clock = clock
         self.on_refusal = on_refusal
@@ -144,9 +147,12 @@ class TransportMiddleware:
         fields_token = REQUEST_FIELDS.set(fields)
         use_tracer(self.tracer)
         method = scope["method"]
+        caller = _caller_trace(scope)
         try:
-            with self.tracer.start_as_current_span(
-                method, context=_caller_trace(scope), kind=SpanKind.SERVER
+            with (
+                self.tracer.start_as_current_span(method, context=caller, kind=SpanKind.SERVER)
+                if caller is not None or self.samples_roots
+                else unsampled_root()
             ) as span:
                 status = await self._handle(scope, receive, send, request_id, started)
                 template = _template(scope)
