@@ -6,9 +6,10 @@ or a cool-down is read and written in place, under one lock, without a round tri
 the supervisor. The memory dies with the last process that maps it; a restarted worker
 maps the same table and loses nothing.
 
-Layout: `slots` records of 32 bytes (key hash, two values, last touched), open
-addressing over a window of `PROBES` slots. A key is its 64-bit BLAKE2b hash (two
-live keys collide with odds of about 2^-25 at a million keys). When a
+Layout: a 32-byte header (a random salt), then `slots` records of 32 bytes (key hash,
+two values, last touched), open addressing over a window of `PROBES` slots. A key is
+its 64-bit BLAKE2b hash keyed with the salt, so no client can choose names that land
+in one window (two live keys collide with odds of about 2^-25 at a million). When a
 key's whole window is taken, the record touched longest ago gives way: as with the
 bounded in-process stores, forgetting a bucket or a counter only ever forgives, and a
 cool-down is stored with its deadline as its "touched" time, so it goes last.
@@ -42,6 +43,7 @@ SLOT_BYTES = _SLOT.size
 PROBES = 16
 DEFAULT_SLOTS = 1 << 18  # 8 MiB, touched pages only
 LOCK_TIMEOUT_S = 0.25
+_SALT_BYTES = 16
 _RETRY_S = 0.00005
 
 # (offset of the key's slot, its hash, its values or None when the key is not there)
@@ -51,13 +53,17 @@ Found = tuple[int, int, tuple[float, float] | None]
 class SharedTable:
     def __init__(self, fd: int) -> None:
         size = os.fstat(fd).st_size
-        slots = size // SLOT_BYTES
-        if slots < PROBES or slots & (slots - 1):
+        slots = size // SLOT_BYTES - 1  # the first is the header
+        if slots < PROBES or slots & (slots - 1) or size % SLOT_BYTES:
             raise ValueError(f"shared table of {size} bytes: not a power of two of slots")
         self.fd = fd
         self.slots = slots
         self._mask = slots - 1
         self._map = mmap.mmap(fd, size)
+        self._salt = bytes(self._map[:_SALT_BYTES])
+        if not any(self._salt):
+            self._map.close()
+            raise ValueError("shared table without its salt")
         self._threads = threading.RLock()
         self._depth = 0  # holds of the file lock by this process (under `_threads`)
 
@@ -66,7 +72,8 @@ class SharedTable:
         """A new zeroed table; raises OSError (or AttributeError off Linux) without memfd."""
         fd = os.memfd_create("gateway-shared-state", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(fd, slots * SLOT_BYTES)
+            os.ftruncate(fd, (slots + 1) * SLOT_BYTES)
+            os.pwrite(fd, os.urandom(_SALT_BYTES), 0)
             return cls(fd)
         except BaseException:
             os.close(fd)
@@ -123,13 +130,13 @@ class SharedTable:
 
     def find(self, key: str) -> Found:
         """Where `key` is, or where it goes; its values if it is there."""
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt).digest()
         wanted = int.from_bytes(digest, "little") or 1  # 0 marks a free slot
         start = wanted & self._mask
         victim, oldest = -1, float("inf")
         unpack, table, mask = _SLOT.unpack_from, self._map, self._mask
         for step in range(PROBES):
-            offset = ((start + step) & mask) * SLOT_BYTES
+            offset = (((start + step) & mask) + 1) * SLOT_BYTES
             held, first, second, touched = unpack(table, offset)
             if held == wanted:
                 return offset, wanted, (first, second)
@@ -141,7 +148,7 @@ class SharedTable:
 
     def occupied(self) -> int:
         """How many slots hold a record."""
-        keys = np.frombuffer(self._map, dtype="<u8")[:: SLOT_BYTES // 8]
+        keys = np.frombuffer(self._map, dtype="<u8")[SLOT_BYTES // 8 :: SLOT_BYTES // 8]
         return int(np.count_nonzero(keys))
 
     def store(self, found: Found, first: float, second: float, touched: float) -> None:

@@ -176,13 +176,33 @@ def test_admission_checks_in_order_under_one_lock(table: SharedTable) -> None:
     asyncio.run(scenario())
 
 
-def test_a_descriptor_that_is_not_a_table_is_refused(tmp_path: os.PathLike[str]) -> None:
+@pytest.mark.parametrize(
+    ("size", "refusal"), [(1000, "not a power of two"), (17 * 32, "without its salt")]
+)
+def test_a_descriptor_that_is_not_a_table_is_refused(
+    tmp_path: os.PathLike[str], size: int, refusal: str
+) -> None:
     path = os.path.join(tmp_path, "odd")
     with open(path, "wb") as handle:
-        handle.write(b"\0" * 1000)
+        handle.write(b"\0" * size)
     fd = os.open(path, os.O_RDWR)
     try:
-        with pytest.raises(ValueError, match="not a power of two"):
+        with pytest.raises(ValueError, match=refusal):
             SharedTable(fd)
     finally:
         os.close(fd)
+
+
+def test_each_table_hashes_keys_with_its_own_salt() -> None:
+    """Where a key lands depends on the table's random salt: a client cannot pick names
+    that crowd one probe window of every box."""
+    tables = [SharedTable.create(slots=1024) for _ in range(2)]
+    try:
+        places = []
+        for table in tables:
+            with table:
+                places.append([table.find(f"rl:c:client{n}")[0] for n in range(8)])
+        assert places[0] != places[1]
+    finally:
+        for table in tables:
+            table.close()
