@@ -108,13 +108,11 @@ class Detector:
         self.state = state
         self._names: dict[str, U64] = {}
 
-    async def cooldown_only(self, key: str, now: float, policy: DetectionPolicy) -> Observation:
-        """For requests without client-chosen feature values (/v1/rank, OIP by ids)."""
-        return self.cooled(await self.state.cooldown(key, now=now), now)
-
     @staticmethod
     def cooled(until: float, now: float) -> Observation:
-        """The observation of a request with nothing to inspect: the cool-down alone."""
+        """The observation of a request with nothing to inspect (/v1/rank, OIP by ids: no
+        client-chosen feature value): the cool-down alone, which stage 5 asked with its
+        limits (security.inspection.admission)."""
         signals = ("cooldown",) if until > now else ()
         return Observation(rows=0, signals=signals, cooldown_until=until)
 

@@ -158,15 +158,17 @@ def share(inspection: Any, caller: Caller, table: SharedTable | None = None) -> 
     the detector holds them too. With the box's shared table (Linux: the supervisor
     made one), limits, budgets and cool-downs live there (table_state) and only the
     detector's sketch and strikes are calls to the state server."""
-    clients: dict[str, Any] = {
-        "limiter": SharedRateLimiter(caller),
-        "budgets": SharedBudgets(caller),
-        "state": SharedDetectorState(caller),
-        "admission": SharedAdmission(caller),
-    }
-    if table is not None:
+    clients: dict[str, Any]
+    if table is None:
+        clients = {
+            "limiter": SharedRateLimiter(caller),
+            "budgets": SharedBudgets(caller),
+            "state": SharedDetectorState(caller),
+            "admission": SharedAdmission(caller),
+        }
+    else:
         limiter, budgets = TableRateLimiter(table), TableBudgets(table)
-        state = TableDetectorState(clients["state"], table)
+        state = TableDetectorState(SharedDetectorState(caller), table)
         clients = {
             "limiter": limiter,
             "budgets": budgets,

@@ -347,7 +347,8 @@ async def test_cooldown_after_repeated_detections_then_expiry(
         assert "out_of_range" in (await detector.observe("k", bad, T0 + i, rules, f"b{i}")).signals
     during = await detector.observe("k", clean, T0 + 10, rules, "c1")
     assert during.signals == ("cooldown",)
-    assert (await detector.cooldown_only("k", T0 + 10, rules)).signals == ("cooldown",)
+    until = await detector.state.cooldown("k", now=T0 + 10)
+    assert Detector.cooled(until, T0 + 10).signals == ("cooldown",)
     after = await detector.observe("k", clean, T0 + 63, rules, "c2")
     assert after.signals == ()
     # Another client is never affected.

@@ -71,7 +71,8 @@ async def test_two_detectors_on_one_redis_see_one_history(
         rules = policy(cooldown_after=1, cooldown_seconds=60)
         far = {**row(arrays, 11, 12), "user_features": np.full((1, 20), 80.0, dtype=np.float32)}
         assert "out_of_range" in (await replicas[0].observe("j", far, T0, rules, "x")).signals
-        assert (await replicas[1].cooldown_only("j", T0 + 1, rules)).signals == ("cooldown",)
+        until = await replicas[1].state.cooldown("j", now=T0 + 1)
+        assert Detector.cooled(until, T0 + 1).signals == ("cooldown",)
         # Counts decay: five hours (time constants) later the same id starts afresh.
         late = await replicas[1].observe(
             "t/k", noisy(arrays, 11, 12, rng), T0 + 5 * 3600, policy(), "late",
