@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from audit.merkle import Frontier
 from audit.sql_store import QUERIES, Role, SqlAuditStore, split_hashes
 from audit.store import PendingRecord, StoreError, check_batch
+from audit.write_queue import WriteQueue
 from gateway.sqlite_wal import enable_wal
 
 _SCHEMA = """
@@ -119,6 +120,7 @@ class SqliteAuditStore(SqlAuditStore):
         super().__init__(lock_wait_s=busy_timeout_s)
         self.path = path
         self._busy_timeout_s = busy_timeout_s
+        self._queue = WriteQueue(path, timeout_s=busy_timeout_s)
         try:
             _owner_only(path)
             self._write = self._connect()
@@ -150,8 +152,10 @@ class SqliteAuditStore(SqlAuditStore):
             raise StoreError(f"audit database file system is full ({free} bytes free)")
 
     def _execute(self, role: Role, name: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        conn = self._read if role == "_read" else self._write
-        return conn.execute(_QUERIES[name], args)
+        if role == "_read":
+            return self._read.execute(_QUERIES[name], args)
+        with self._queue.held():
+            return self._write.execute(_QUERIES[name], args)
 
     # -- the transactions that lock the head or the watermark ----------------
 
@@ -160,7 +164,7 @@ class SqliteAuditStore(SqlAuditStore):
         with self._holding(self._write_lock, "write"):
             conn = self._write
             try:
-                with _immediate(conn):
+                with _immediate(conn, self._queue):
                     size, blob = conn.execute(
                         "SELECT size, frontier FROM audit_head WHERE id = 1"
                     ).fetchone()
@@ -194,7 +198,7 @@ class SqliteAuditStore(SqlAuditStore):
         with self._holding(self._write_lock, "write"):
             conn = self._write
             try:
-                with _immediate(conn):
+                with _immediate(conn, self._queue):
                     (current,) = conn.execute(
                         "SELECT purged_below FROM audit_retention WHERE id = 1"
                     ).fetchone()
@@ -211,11 +215,13 @@ class SqliteAuditStore(SqlAuditStore):
         with self._write_lock, self._read_lock:
             self._write.close()
             self._read.close()
+            self._queue.close()
 
 
 @contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction (`BEGIN IMMEDIATE`), committed if the block ends normally.
+def _immediate(conn: sqlite3.Connection, queue: WriteQueue) -> Iterator[None]:
+    """A write transaction (`BEGIN IMMEDIATE`), committed if the block ends normally,
+    begun once `queue` lets this process write (`audit.write_queue`).
 
     A failure is reported as itself. SQLite rolls a transaction back by itself after
     some errors (a full disk, an I/O error, a failed COMMIT), and a ROLLBACK issued then
@@ -223,15 +229,16 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     handler, used to replace the real one in the log. Roll back only what is still open,
     and never let the rollback's own failure hide the error that caused it.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
+    with queue.held():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
 
 def _owner_only(path: Path) -> None:

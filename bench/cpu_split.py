@@ -8,7 +8,8 @@ give an older checkout, e.g. `git worktree add /tmp/base f07076d`, to compare), 
 its own data directory made by that tree's `gateway init` with the per-client limits
 lifted by that tree's own `bench.servers.lift_client_limits`. Drives `/v1/rank` (100
 candidates) with wrk, trees alternating, and prints per request the user+system CPU of
-the event-loop thread and of each other thread (/proc/PID/task), and the total; with
+the event-loop thread and of each other thread (/proc/PID/task), and the total, with
+wrk's rps, p50 and p99; with
 `--workers` above 1, that of the worker processes together and of the supervisor.
 """
 
@@ -121,7 +122,10 @@ def main() -> None:
             body = json.dumps({"user_id": "u7", "item_ids": found["items"]}).encode()
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
             lines.append(lua_script(work / f"{port}.lua", body, headers))
-        results: dict[Path, list[tuple[float, dict[str, float]]]] = {t: [] for t in trees}
+        # Per tree, each round's (wrk's figures, CPU ms/req by part).
+        results: dict[Path, list[tuple[dict[str, float], dict[str, float]]]] = {
+            t: [] for t in trees
+        }
         for _ in range(args.rounds):
             for (tree, proc, port, _found), lua in zip(servers, lines, strict=True):
                 url = f"http://127.0.0.1:{port}/v1/rank"
@@ -131,7 +135,7 @@ def main() -> None:
                 after = split_cpu(proc.pid, args.workers)
                 n = run["requests"]
                 per = {k: (v - before.get(k, 0.0)) * 1000 / n for k, v in after.items()}
-                results[tree].append((run["rps"], per))
+                results[tree].append((run, per))
     finally:
         for _tree, proc, _port, _found in servers:
             proc.terminate()
@@ -144,14 +148,19 @@ def main() -> None:
     main_part, others = ("event loop", "other threads") if args.workers == 1 else (
         "workers", "supervisor"
     )
-    print(f"| tree | round | rps | total CPU ms/req | {main_part} | {others} (largest first) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"| tree | round | rps | p50 | p99 | total CPU ms/req | {main_part} "
+        f"| {others} (largest first) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for tree, runs in results.items():
-        for n, (rps, per) in enumerate(runs, start=1):
+        for n, (run, per) in enumerate(runs, start=1):
             rest = sorted((v for k, v in per.items() if k != main_part and v > 0.005),
                           reverse=True)  # fmt: skip
             print(
-                f"| {tree} | {n} | {rps:.0f} | {sum(per.values()):.3f} | "
+                f"| {tree} | {n} | {run['rps']:.0f} | {run['p50_ms']:.1f} ms "
+                f"| {run['p99_ms']:.1f} ms "
+                f"| {sum(per.values()):.3f} | "
                 f"{per.get(main_part, 0.0):.3f} | {', '.join(f'{v:.3f}' for v in rest)} |"
             )
 
