@@ -21,16 +21,16 @@ created (a read-only data directory), writes go to SQLite's lock directly.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from audit.store import StoreError
+from gateway.file_lock import wait_exclusive
 
 log = logging.getLogger("gateway.audit")
 
@@ -67,24 +67,20 @@ class WriteQueue:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _acquire(self, fd: int) -> None:
-        pause, deadline = _FIRST_PAUSE_S, 0.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise StoreError(f"audit write lock {self.path}: {exc}") from exc
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + self._timeout_s
-            elif now > deadline:
-                raise StoreError(
-                    f"audit store busy: another process held its write lock for over "
-                    f"{self._timeout_s:g} s"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE_S)
+        try:
+            granted = wait_exclusive(
+                partial(fcntl.flock, fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
+                timeout_s=self._timeout_s,
+                first_pause_s=_FIRST_PAUSE_S,
+                longest_pause_s=_LONGEST_PAUSE_S,
+            )
+        except OSError as exc:
+            raise StoreError(f"audit write lock {self.path}: {exc}") from exc
+        if not granted:
+            raise StoreError(
+                f"audit store busy: another process held its write lock for over "
+                f"{self._timeout_s:g} s"
+            )
 
     def close(self) -> None:
         if self._fd is not None:

@@ -24,18 +24,18 @@ with `StateUnavailableError`: the request is refused with 503 (fail closed).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import mmap
 import os
 import struct
 import threading
-import time
+from functools import partial
 from types import TracebackType
 
 import numpy as np
 
+from gateway.file_lock import wait_exclusive
 from security.inspection.sketch import StateUnavailableError
 
 _SLOT = struct.Struct("<Qddd")
@@ -111,20 +111,17 @@ class SharedTable:
             self._threads.release()
 
     def _lock_file(self) -> None:
-        deadline = 0.0
-        while True:
-            try:
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise StateUnavailableError(f"shared state table: {exc}") from exc
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + LOCK_TIMEOUT_S
-            elif now > deadline:
-                raise StateUnavailableError("shared state table: lock not granted in time")
-            time.sleep(_RETRY_S)
+        try:
+            granted = wait_exclusive(
+                partial(fcntl.lockf, self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
+                timeout_s=LOCK_TIMEOUT_S,
+                first_pause_s=_RETRY_S,
+                longest_pause_s=_RETRY_S,
+            )
+        except OSError as exc:
+            raise StateUnavailableError(f"shared state table: {exc}") from exc
+        if not granted:
+            raise StateUnavailableError("shared state table: lock not granted in time")
 
     # -- records (call with the lock held) -----------------------------------
 
