@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench.serve import (
@@ -27,10 +25,9 @@ from bench.serve import (
     bare_server,
     gateway_server,
     lua_script,
-    measure,
-    started,
+    run_rounds,
 )
-from bench.servers import fetch_token, free_port, gateway_env
+from bench.servers import free_port, gateway_env
 from bench.surfaces import Bench
 
 _GRANIAN = ["--interface", "asgi", "--workers", "1", "--runtime-mode", "st", "--loop", "uvloop",
@@ -92,30 +89,12 @@ def main() -> None:
     )
     lua_script(bare_gr.lua, bench.rank_body.read_bytes(), {"Content-Type": "application/json"})
     gw = gateway_server(bench, work, 1, query=False)
+    gw.baseline = None  # this table's ratios are granian's against uvicorn's
     gw_gr = granian_server(gw, "bench.asgi_servers:gateway_app", "/readyz", "/v1/rank",
                            {**gateway_env(), **data})  # fmt: skip
     servers = [bare, bare_gr, gw, gw_gr]
-    with ExitStack() as stack:
-        for server in servers:
-            stack.enter_context(started(server))
-            if server.label.startswith("gw"):
-                port = int(server.url.split(":")[2].split("/")[0])
-                headers = {
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {fetch_token(port, secret)}",
-                }
-                lua_script(server.lua, gw.env["BENCH_BODY"].encode(), headers)
-        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(args.rounds):
-            for conc in levels:
-                for server in servers:
-                    runs.setdefault((server.label, conc), []).append(
-                        measure(server, conc, args.duration)
-                    )
-    found = {
-        key: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_ms")}
-        for key, rs in runs.items()
-    }
+    gw_gr.env["BENCH_BODY"] = gw.env["BENCH_BODY"]
+    found = run_rounds(servers, secret, levels, args.rounds, args.duration)
     print(
         f"bench/asgi_servers: uvicorn (httptools, as shipped) vs granian (--runtime-mode st, "
         f"uvloop), 1 process, wrk -t1, {args.duration:g} s per point, {args.rounds} alternating "

@@ -189,6 +189,33 @@ def _median(results: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
+def run_rounds(
+    servers: list[Server], secret: str, levels: list[int], rounds: int, duration: float
+) -> dict[tuple[str, int], dict[str, float]]:
+    """Start every server (a gateway's wrk script gets a fresh token for its BENCH_BODY),
+    measure each concurrency level in alternating rounds, and stop them: the medians."""
+    with ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(started(server))
+            if "BENCH_BODY" in server.env:
+                port = int(server.url.split(":")[2].split("/")[0])
+                token = fetch_token(port, secret)
+                lua_script(
+                    server.lua,
+                    server.env["BENCH_BODY"].encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                )
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(rounds):
+            for conc in levels:
+                for server in servers:
+                    runs.setdefault((server.label, conc), []).append(
+                        measure(server, conc, duration)
+                    )
+            time.sleep(0.5)
+    return {key: _median(results) for key, results in runs.items()}
+
+
 def bare_server(bench: Bench, work: Path, workers: int) -> Server:
     port = free_port()
     command = [
@@ -313,26 +340,7 @@ def main() -> None:
     servers = [s for s in candidates if s.label in wanted]
     missing = sorted(set(wanted) - {s.label for s in servers})
 
-    with ExitStack() as stack:
-        for server in servers:
-            stack.enter_context(started(server))
-            if "BENCH_BODY" in server.env:
-                port = int(server.url.split(":")[2].split("/")[0])
-                token = fetch_token(port, secret)
-                lua_script(
-                    server.lua,
-                    server.env["BENCH_BODY"].encode(),
-                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-                )
-        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(args.rounds):
-            for conc in levels:
-                for server in servers:
-                    runs.setdefault((server.label, conc), []).append(
-                        measure(server, conc, args.duration)
-                    )
-            time.sleep(0.5)
-    found = {key: _median(results) for key, results in runs.items()}
+    found = run_rounds(servers, secret, levels, args.rounds, args.duration)
 
     print(
         f"bench/serve: wrk -t1, keep-alive, {args.duration:g} s per point, {args.rounds} "
