@@ -3,7 +3,12 @@ time, and the audit check afterwards. Used by the short tests (tests/faults) and
 long runs (bench/harden_faults.py), so both measure the same things the same way.
 
 Per fault, what is measured (and what must hold):
-- `/healthz` latency while the dependency is down (p99 and worst: under 50 ms);
+- `/healthz` latency while the dependency is down, probed every 5 ms: p99 under 50 ms
+  and the worst under 400 ms, below the shortest time a call waiting on a dead
+  dependency would hold the event loop (the store timeout, at least 0.5 s). The gateway
+  shares this test process (and its GIL) with the traffic and the probes, so a single
+  probe can be late for reasons of the test's own; one late probe in a hundred is
+  allowed, a loop waiting on a database is not;
 - `/readyz` during the outage: 503, naming the dependencies expected down, answered
   within its probe timeout (1 s) plus a margin;
 - every request ends within the request timeout (plus a margin) with 2xx or 503,
@@ -39,6 +44,7 @@ from security.issuer import EmbeddedIssuer, load_signing_key
 from tests.security._servers import serve_gateway
 
 HEALTHZ_P99_LIMIT_MS = 50.0
+HEALTHZ_WORST_LIMIT_MS = 400.0  # under the shortest store timeout (0.5 s)
 RECOVERY_LIMIT_S = 2.0
 READYZ_LIMIT_S = 1.5  # the probe timeout (1 s) and a margin for the answer itself
 # What a request may take beyond the request timeout: the 503 is written after it.
@@ -151,7 +157,7 @@ class Traffic:
 class Prober:
     """GET /healthz every `interval_s` on a connection of its own: (time, seconds, status)."""
 
-    def __init__(self, base_url: str, interval_s: float = 0.02) -> None:
+    def __init__(self, base_url: str, interval_s: float = 0.005) -> None:
         self._base_url = base_url
         self._interval = interval_s
         self._stop = threading.Event()
@@ -385,6 +391,8 @@ def run_fault(
             run.failures.append(f"a request was answered {outcome.status}")
     if run.healthz and run.healthz_p99_ms > HEALTHZ_P99_LIMIT_MS:
         run.failures.append(f"/healthz p99 {run.healthz_p99_ms:.1f} ms during the fault")
+    if run.healthz and run.healthz_worst_ms > HEALTHZ_WORST_LIMIT_MS:
+        run.failures.append(f"/healthz took {run.healthz_worst_ms:.1f} ms during the fault")
     return run
 
 
