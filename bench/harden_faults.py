@@ -15,10 +15,10 @@ times:
 - redis-kill: SIGKILL redis-server, then start it on the same port;
 - disk-full: the SQLite audit log on a 64 MiB tmpfs filled to the last byte (root only).
 
-Per fault: cycles; failures (what did not hold: /healthz p99 under 50 ms, none over
-400 ms and never an error, /readyz 503 naming the dependency within 1.5 s, every
-request answered within the request timeout + 1 s with 2xx or 503, recovery under
-2 s); the worst and p99
+Per fault: cycles; failures (what did not hold: /healthz over 50 ms at most once in a
+hundred probes, never over 400 ms, never an error; /readyz 503 naming the dependency
+within 1.5 s; every request answered within the request timeout + 1 s with 2xx or
+503; recovery under 2 s); the worst and p99
 /healthz latency while the dependency was down; the worst time from the dependency's
 return to ready-and-serving (a personalised rank: consent is read again); 2xx answered
 without their record and request ids with several records (both must be 0; the log

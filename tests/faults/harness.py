@@ -3,12 +3,13 @@ time, and the audit check afterwards. Used by the short tests (tests/faults) and
 long runs (bench/harden_faults.py), so both measure the same things the same way.
 
 Per fault, what is measured (and what must hold):
-- `/healthz` latency while the dependency is down, probed every 5 ms: p99 under 50 ms
-  and the worst under 400 ms, below the shortest time a call waiting on a dead
-  dependency would hold the event loop (the store timeout, at least 0.5 s). The gateway
-  shares this test process (and its GIL) with the traffic and the probes, so a single
-  probe can be late for reasons of the test's own; one late probe in a hundred is
-  allowed, a loop waiting on a database is not;
+- `/healthz` latency while the dependency is down, probed every 5 ms: at most one
+  probe in a hundred (at least one) over 50 ms, and none over 400 ms, below the shortest
+  time a call waiting on a dead dependency would hold the event loop (the store
+  timeout, at least 0.5 s). The gateway shares this test process (and its GIL) with the
+  traffic and the probes, so a single probe can be late for reasons of the test's own:
+  with 20 ms probes a 1 s outage gave ~50 probes, its "p99" was its one worst probe,
+  and CI failed once on 74 ms;
 - `/readyz` during the outage: 503, naming the dependencies expected down, answered
   within its probe timeout (1 s) plus a margin;
 - every request ends within the request timeout (plus a margin) with 2xx or 503,
@@ -43,7 +44,7 @@ from gateway.settings import Settings
 from security.issuer import EmbeddedIssuer, load_signing_key
 from tests.security._servers import serve_gateway
 
-HEALTHZ_P99_LIMIT_MS = 50.0
+HEALTHZ_LATE_MS = 50.0
 HEALTHZ_WORST_LIMIT_MS = 400.0  # under the shortest store timeout (0.5 s)
 RECOVERY_LIMIT_S = 2.0
 READYZ_LIMIT_S = 1.5  # the probe timeout (1 s) and a margin for the answer itself
@@ -319,6 +320,16 @@ class FaultRun:
         return percentile(self.healthz, 0.99) * 1000
 
     @property
+    def healthz_late(self) -> int:
+        """Probes over HEALTHZ_LATE_MS."""
+        return sum(s * 1000 > HEALTHZ_LATE_MS for s in self.healthz)
+
+    @property
+    def healthz_late_allowed(self) -> int:
+        """One probe in a hundred, and at least one."""
+        return max(1, len(self.healthz) // 100)
+
+    @property
     def recover_worst_s(self) -> float:
         return max(self.recoveries, default=float("nan"))
 
@@ -389,8 +400,11 @@ def run_fault(
             run.failures.append(f"a request took {outcome.seconds:.2f} s ({outcome.status})")
         elif not (200 <= outcome.status < 300 or outcome.status == 503):
             run.failures.append(f"a request was answered {outcome.status}")
-    if run.healthz and run.healthz_p99_ms > HEALTHZ_P99_LIMIT_MS:
-        run.failures.append(f"/healthz p99 {run.healthz_p99_ms:.1f} ms during the fault")
+    if run.healthz_late > run.healthz_late_allowed:
+        run.failures.append(
+            f"/healthz over {HEALTHZ_LATE_MS:g} ms {run.healthz_late} times in "
+            f"{len(run.healthz)} probes during the fault (p99 {run.healthz_p99_ms:.1f} ms)"
+        )
     if run.healthz and run.healthz_worst_ms > HEALTHZ_WORST_LIMIT_MS:
         run.failures.append(f"/healthz took {run.healthz_worst_ms:.1f} ms during the fault")
     return run

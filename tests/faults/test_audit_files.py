@@ -248,7 +248,8 @@ def test_the_gateway_on_a_full_disk_stays_live_says_not_ready_and_recovers(
         )
     run.findings = harness.check_audit(settings, run.outcomes)
     assert run.failures == [], run.failures
-    assert run.healthz_p99_ms < harness.HEALTHZ_P99_LIMIT_MS
+    assert run.healthz_late <= run.healthz_late_allowed
+    assert run.healthz_worst_ms < harness.HEALTHZ_WORST_LIMIT_MS
     assert run.findings.verified == "ok"
     assert run.findings.unrecorded == run.findings.duplicates == []
     assert run.findings.contradicted == []

@@ -43,10 +43,9 @@ def _run(
 def _assert_held(run: harness.FaultRun) -> None:
     assert run.failures == [], run.failures
     assert run.cycles == 1
-    # Liveness was measured through the outage, often enough for a p99 to mean something
-    # (with fewer than 100 probes it is the worst one).
-    assert len(run.healthz) >= 100
-    assert run.healthz_p99_ms < harness.HEALTHZ_P99_LIMIT_MS
+    # Liveness was measured through the outage, often enough to mean something.
+    assert len(run.healthz) >= 20
+    assert run.healthz_late <= run.healthz_late_allowed
     assert run.healthz_worst_ms < harness.HEALTHZ_WORST_LIMIT_MS
     assert run.recover_worst_s < harness.RECOVERY_LIMIT_S
     findings = run.findings
